@@ -1,0 +1,73 @@
+/**
+ * Exports: named block devices a server offers, each backed by a driver.
+ *
+ * @since 0.1.0
+ */
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import { NbdDriver, type NbdDriverShape } from "./Driver.ts"
+import { type OptionReplyError, optionReplyError } from "./Errors.ts"
+
+/** One export: a name clients ask for, a driver, and whether writes are refused. */
+export interface NbdExport {
+  /** Name clients select; the default export answers the empty name too. */
+  readonly name: string
+  /** Description for LIST and NBD_INFO_DESCRIPTION; the driver's own when absent. */
+  readonly description: Option.Option<string>
+  readonly driver: NbdDriverShape
+  /** The server refuses writes even when the driver could write. */
+  readonly readOnly: boolean
+}
+
+/** Options of an export besides its driver. */
+export interface ExportOptions {
+  readonly name?: string | undefined
+  readonly description?: string | undefined
+  readonly readOnly?: boolean | undefined
+}
+
+/** Makes an export from a driver. */
+export const make = (driver: NbdDriverShape, options: ExportOptions = {}): NbdExport => ({
+  name: options.name ?? "",
+  description: Option.orElse(Option.fromNullable(options.description), () => driver.description),
+  driver,
+  readOnly: (options.readOnly ?? false) || driver.readOnly
+})
+
+/** The exports a server offers. */
+export class ExportRegistry extends Context.Tag("effect-nbd/ExportRegistry")<ExportRegistry, {
+  /** Every export, the default first. */
+  readonly list: Effect.Effect<ReadonlyArray<NbdExport>>
+  /** The export of that name; the empty name is the default export. */
+  readonly get: (name: string) => Effect.Effect<NbdExport, OptionReplyError>
+}>() {
+  /** A registry over a fixed list of exports; the first is the default. */
+  static fromExports(exports: ReadonlyArray<NbdExport>): ExportRegistry["Type"] {
+    const byName = new Map(exports.map((e) => [e.name, e] as const))
+    const fallback = exports[0]
+    return ExportRegistry.of({
+      list: Effect.succeed(exports),
+      get: (name) => {
+        const found = byName.get(name) ?? (name === "" ? fallback : undefined)
+        return found === undefined
+          ? Effect.fail(optionReplyError("UNKNOWN", `no export named '${name}'`))
+          : Effect.succeed(found)
+      }
+    })
+  }
+
+  /** A registry of the given exports. */
+  static layer(exports: ReadonlyArray<NbdExport>): Layer.Layer<ExportRegistry> {
+    return Layer.succeed(ExportRegistry, ExportRegistry.fromExports(exports))
+  }
+
+  /** A registry of one export backed by the `NbdDriver` in context. */
+  static layerDriver(options: ExportOptions = {}): Layer.Layer<ExportRegistry, never, NbdDriver> {
+    return Layer.effect(
+      ExportRegistry,
+      Effect.map(NbdDriver, (driver) => ExportRegistry.fromExports([make(driver, options)]))
+    )
+  }
+}

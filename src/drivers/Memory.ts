@@ -1,0 +1,150 @@
+/**
+ * A sparse in-memory driver. Pages are allocated on first write, so a 1 TiB export
+ * costs nothing until written; untouched pages read as zeroes and are reported as
+ * holes. Trim and zeroing free whole pages. State is shared by every connection, so
+ * the export offers multi-connection.
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Driver from "../Driver.ts"
+import { protocolError } from "../Errors.ts"
+
+/** Allocation granularity in bytes. */
+export const PAGE_SIZE = 32 * 1024
+
+/** Largest export size: offsets stay exact JavaScript numbers. */
+export const MAX_SIZE = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % PAGE_SIZE)
+
+/** Most pages one block-status answer looks at; the client asks again for the rest. */
+const MAX_STATUS_PAGES = 1 << 17
+
+/** Options of the memory driver. */
+export interface MemoryOptions {
+  /** Export size in bytes. */
+  readonly size: number
+  /** Human-readable description of the export. */
+  readonly description?: string | undefined
+}
+
+/** The sparse page store behind the driver; exposed for tests and tools. */
+export class SparseMemory {
+  readonly pages = new Map<number, Uint8Array>()
+  constructor(public size: number) {}
+
+  /** Bytes allocated for pages. */
+  get allocatedBytes(): number {
+    return this.pages.size * PAGE_SIZE
+  }
+
+  read(offset: number, length: number): Uint8Array {
+    const out = Buffer.allocUnsafe(length)
+    let done = 0
+    while (done < length) {
+      const at = offset + done
+      const index = Math.floor(at / PAGE_SIZE)
+      const inPage = at - index * PAGE_SIZE
+      const n = Math.min(PAGE_SIZE - inPage, length - done)
+      const page = this.pages.get(index)
+      if (page === undefined) out.fill(0, done, done + n)
+      else out.set(page.subarray(inPage, inPage + n), done)
+      done += n
+    }
+    return out
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    let done = 0
+    while (done < data.length) {
+      const at = offset + done
+      const index = Math.floor(at / PAGE_SIZE)
+      const inPage = at - index * PAGE_SIZE
+      const n = Math.min(PAGE_SIZE - inPage, data.length - done)
+      let page = this.pages.get(index)
+      if (page === undefined) {
+        page = new Uint8Array(PAGE_SIZE)
+        this.pages.set(index, page)
+      }
+      page.set(data.subarray(done, done + n), inPage)
+      done += n
+    }
+  }
+
+  /** Zeroes a range; whole pages are freed unless `keepAllocated`. */
+  zero(offset: number, length: number, keepAllocated: boolean): void {
+    let done = 0
+    while (done < length) {
+      const at = offset + done
+      const index = Math.floor(at / PAGE_SIZE)
+      const inPage = at - index * PAGE_SIZE
+      const n = Math.min(PAGE_SIZE - inPage, length - done)
+      const page = this.pages.get(index)
+      if (n === PAGE_SIZE && !keepAllocated) {
+        this.pages.delete(index)
+      } else if (page !== undefined) {
+        page.fill(0, inPage, inPage + n)
+      } else if (keepAllocated) {
+        this.pages.set(index, new Uint8Array(PAGE_SIZE))
+      }
+      done += n
+    }
+  }
+
+  /** Allocation runs from `offset`, covering at least one byte and at most `length`. */
+  blockStatus(offset: number, length: number): Array<Driver.Extent> {
+    const extents: Array<{ length: number; flags: number }> = []
+    const end = Math.min(offset + length, offset + MAX_STATUS_PAGES * PAGE_SIZE)
+    let at = offset
+    while (at < end) {
+      const index = Math.floor(at / PAGE_SIZE)
+      const n = Math.min((index + 1) * PAGE_SIZE, end) - at
+      const flags = this.pages.has(index) ? 0 : Driver.HOLE_ZERO
+      const last = extents[extents.length - 1]
+      if (last !== undefined && last.flags === flags) last.length += n
+      else extents.push({ length: n, flags })
+      at += n
+    }
+    return extents
+  }
+
+  resize(size: number): void {
+    if (size < this.size) {
+      const firstDropped = Math.ceil(size / PAGE_SIZE)
+      for (const index of [...this.pages.keys()]) {
+        if (index >= firstDropped) this.pages.delete(index)
+      }
+      const tail = size % PAGE_SIZE
+      if (tail !== 0) this.pages.get(firstDropped - 1)?.fill(0, tail)
+    }
+    this.size = size
+  }
+}
+
+/** Makes a memory driver over a new, empty store. */
+export const make = (options: MemoryOptions): Effect.Effect<Driver.NbdDriverShape> =>
+  Effect.sync(() => fromStore(new SparseMemory(options.size), options.description))
+
+/** Makes a memory driver over an existing store. */
+export const fromStore = (store: SparseMemory, description?: string): Driver.NbdDriverShape =>
+  Driver.make({
+    name: "memory",
+    description: Option.fromNullable(description),
+    features: { fua: true, zero: true, fastZero: true, multiConn: true, blockStatus: true },
+    size: Effect.sync(() => store.size),
+    read: (offset, length) => Effect.sync(() => store.read(offset, length)),
+    write: (offset, data) => Effect.sync(() => store.write(offset, data)),
+    flush: Effect.void,
+    trim: (offset, length) => Effect.sync(() => store.zero(offset, length, false)),
+    writeZeroes: (offset, length, options) => Effect.sync(() => store.zero(offset, length, options.noHole)),
+    blockStatus: (offset, length) => Effect.sync(() => store.blockStatus(offset, length)),
+    resize: (size) =>
+      size > MAX_SIZE
+        ? Effect.fail(protocolError("ENOSPC", `size ${size} exceeds the memory driver's maximum ${MAX_SIZE}`))
+        : Effect.sync(() => store.resize(size))
+  })
+
+/** A layer providing a memory driver. */
+export const layer = (options: MemoryOptions): Layer.Layer<Driver.NbdDriver> =>
+  Layer.effect(Driver.NbdDriver, make(options))

@@ -1,0 +1,175 @@
+/**
+ * Reads exact byte counts from a Node.js stream, incrementally and with bounded memory.
+ *
+ * Bytes are buffered as they arrive; a read takes exactly `n` bytes, as a view of the
+ * received chunk when it lies inside one (no copy). When more than `highWaterMark`
+ * bytes wait unread, the stream is paused until the reader catches up, so a client
+ * that floods the connection cannot grow the buffer without bound.
+ *
+ * @since 0.1.0
+ */
+import * as Data from "effect/Data"
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import type { Duplex } from "node:stream"
+
+/** The peer closed the connection (or it failed) before the bytes asked for arrived. */
+export class ConnectionClosed extends Data.TaggedError("ConnectionClosed")<{
+  readonly reason: string
+  /** Bytes still missing from the read that failed. */
+  readonly missing: number
+}> {}
+
+/** A reader of exact byte counts. */
+export interface FrameReader {
+  /** The next `n` bytes. */
+  readonly read: (n: number) => Effect.Effect<Uint8Array, ConnectionClosed>
+  /** Reads and drops the next `n` bytes without holding them all in memory. */
+  readonly skip: (n: number) => Effect.Effect<void, ConnectionClosed>
+  /** Bytes received and not read yet. */
+  readonly buffered: () => number
+  /** Stops listening to the stream (before handing it over, as for STARTTLS). */
+  readonly detach: () => void
+}
+
+/** Options of {@link make}. */
+export interface FrameReaderOptions {
+  /** Pause the stream while more than this many bytes wait unread. */
+  readonly highWaterMark?: number | undefined
+}
+
+const SKIP_CHUNK = 1024 * 1024
+const EMPTY = new Uint8Array(0)
+
+interface Waiter {
+  readonly n: number
+  readonly resume: (effect: Effect.Effect<Uint8Array, ConnectionClosed>) => void
+}
+
+/** Attaches a reader to a stream for the life of the scope. */
+export const make = (stream: Duplex, options: FrameReaderOptions = {}): Effect.Effect<FrameReader, never, Scope.Scope> =>
+  Effect.acquireRelease(Effect.sync(() => attach(stream, options)), (reader) => Effect.sync(reader.detach))
+
+/** Attaches a reader to a stream; call `detach` when done. */
+export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameReader => {
+  const highWaterMark = options.highWaterMark ?? 4 * 1024 * 1024
+  const chunks: Array<Buffer> = []
+  let head = 0 // bytes of chunks[0] already consumed
+  let total = 0 // bytes buffered and unread
+  let closed: string | undefined
+  let waiter: Waiter | undefined
+  let paused = false
+
+  const take = (n: number): Uint8Array => {
+    if (n === 0) return EMPTY
+    total -= n
+    const first = chunks[0]!
+    if (first.length - head >= n) {
+      const out = first.subarray(head, head + n)
+      head += n
+      if (head === first.length) {
+        chunks.shift()
+        head = 0
+      }
+      return out
+    }
+    const out = Buffer.allocUnsafe(n)
+    let filled = 0
+    while (filled < n) {
+      const chunk = chunks[0]!
+      const m = Math.min(chunk.length - head, n - filled)
+      chunk.copy(out, filled, head, head + m)
+      filled += m
+      head += m
+      if (head === chunk.length) {
+        chunks.shift()
+        head = 0
+      }
+    }
+    return out
+  }
+
+  const pauseIfFull = () => {
+    if (!paused && total >= highWaterMark && (waiter === undefined || total >= waiter.n)) {
+      paused = true
+      stream.pause()
+    }
+  }
+
+  const resumeIfDrained = () => {
+    if (paused && (total < highWaterMark || waiter !== undefined)) {
+      paused = false
+      stream.resume()
+    }
+  }
+
+  const onData = (chunk: Buffer) => {
+    if (chunk.length === 0) return
+    chunks.push(chunk)
+    total += chunk.length
+    if (waiter !== undefined && total >= waiter.n) {
+      const w = waiter
+      waiter = undefined
+      w.resume(Effect.succeed(take(w.n)))
+    }
+    pauseIfFull()
+  }
+
+  const onClose = (reason: string) => () => {
+    if (closed !== undefined) return
+    closed = reason
+    if (waiter !== undefined) {
+      const w = waiter
+      waiter = undefined
+      w.resume(Effect.fail(new ConnectionClosed({ reason, missing: w.n - total })))
+    }
+  }
+  const onEnd = onClose("end of stream")
+  const onStreamClose = onClose("connection closed")
+  const onError = (error: Error) => onClose(`connection error: ${error.message}`)()
+
+  stream.on("data", onData)
+  stream.on("end", onEnd)
+  stream.on("close", onStreamClose)
+  stream.on("error", onError)
+  if (stream.readableEnded) onEnd()
+  else if (stream.destroyed) onStreamClose()
+
+  const read = (n: number): Effect.Effect<Uint8Array, ConnectionClosed> =>
+    Effect.suspend(() => {
+      if (total >= n) {
+        const out = take(n)
+        resumeIfDrained()
+        return Effect.succeed(out)
+      }
+      if (closed !== undefined) {
+        return Effect.fail(new ConnectionClosed({ reason: closed, missing: n - total }))
+      }
+      return Effect.async<Uint8Array, ConnectionClosed>((resume) => {
+        waiter = { n, resume }
+        resumeIfDrained()
+        return Effect.sync(() => {
+          waiter = undefined
+        })
+      })
+    })
+
+  const skip = (n: number): Effect.Effect<void, ConnectionClosed> =>
+    Effect.gen(function*() {
+      let left = n
+      while (left > 0) {
+        const m = Math.min(left, SKIP_CHUNK)
+        yield* read(m)
+        left -= m
+      }
+    })
+
+  const detach = () => {
+    stream.off("data", onData)
+    stream.off("end", onEnd)
+    stream.off("close", onStreamClose)
+    stream.off("error", onError)
+  }
+
+  return { read, skip, buffered: () => total, detach }
+}

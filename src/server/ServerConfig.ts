@@ -1,0 +1,40 @@
+/**
+ * Tunables of a server and its sessions, with the defaults nbdkit users would expect.
+ *
+ * @since 0.1.0
+ */
+
+/** Limits and behaviour of every session of a server. */
+export interface ServerConfig {
+  /** Option data above this many bytes is read, discarded and answered ERR_TOO_BIG. */
+  readonly maxOptionLength: number
+  /** Option data above this many bytes closes the connection (denial of service). */
+  readonly maxOptionDiscard: number
+  /** Write payloads above the export's maximum but at most this are discarded and answered EINVAL; larger ones close the connection. */
+  readonly maxWriteDiscard: number
+  /** Requests of one connection processed at the same time. */
+  readonly maxInFlight: number
+  /** Bytes of write payload one connection may hold while its writes are in flight. */
+  readonly maxInFlightBytes: number
+  /** Unread received bytes above which a connection stops reading its socket. */
+  readonly readHighWaterMark: number
+  /** Queued reply bytes above which a connection stops taking requests. */
+  readonly writeHighWaterMark: number
+  /** How long a closing session waits for its in-flight requests, in milliseconds. */
+  readonly drainTimeoutMillis: number
+}
+
+/** The defaults. */
+export const defaults: ServerConfig = {
+  maxOptionLength: 64 * 1024,
+  maxOptionDiscard: 16 * 1024 * 1024,
+  maxWriteDiscard: 64 * 1024 * 1024,
+  maxInFlight: 64,
+  maxInFlightBytes: 128 * 1024 * 1024,
+  readHighWaterMark: 4 * 1024 * 1024,
+  writeHighWaterMark: 16 * 1024 * 1024,
+  drainTimeoutMillis: 30_000
+}
+
+/** The defaults with some values replaced. */
+export const make = (overrides: Partial<ServerConfig> = {}): ServerConfig => ({ ...defaults, ...overrides })

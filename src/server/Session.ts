@@ -1,0 +1,64 @@
+/**
+ * One client connection: negotiation, then transmission, in its own scope.
+ *
+ * A session never fails: a peer that disconnects, breaks the protocol or trips a defect
+ * is logged with the connection id and ends this session only.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import type { Duplex } from "node:stream"
+import { ExportRegistry } from "../Export.ts"
+import * as FrameReader from "./FrameReader.ts"
+import * as Negotiation from "./Negotiation.ts"
+import * as ReplyWriter from "./ReplyWriter.ts"
+import type { ServerConfig } from "./ServerConfig.ts"
+import * as Transmission from "./Transmission.ts"
+
+/** What a session needs besides its stream. */
+export interface SessionOptions {
+  readonly config: ServerConfig
+  /** Identifies the connection in logs. */
+  readonly connectionId: number
+  /** True once the server is shutting down. */
+  readonly isShuttingDown: () => boolean
+}
+
+/** Serves one client over a byte stream (a socket, a TLS socket, or an in-process pipe). */
+export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void, never, ExportRegistry> =>
+  Effect.scoped(
+    Effect.gen(function*() {
+      const { config, isShuttingDown } = options
+      const reader = yield* FrameReader.make(stream, { highWaterMark: config.readHighWaterMark })
+      const writer = ReplyWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
+      yield* Effect.addFinalizer(() => writer.end)
+      const outcome = yield* Negotiation.negotiate({ reader, writer, config, isShuttingDown })
+      if (outcome._tag === "Aborted") {
+        yield* Effect.logDebug("client aborted negotiation")
+        return
+      }
+      const { negotiated } = outcome
+      const exp = negotiated.export
+      yield* Effect.logInfo(
+        `client selected export '${exp.name}' (${negotiated.size} bytes, ` +
+          `${negotiated.structuredReplies ? "structured" : "simple"} replies)`
+      )
+      yield* Transmission.serve({ reader, writer, config, negotiated, isShuttingDown }).pipe(
+        Effect.ensuring(exp.driver.disconnect)
+      )
+      yield* Effect.logDebug("client disconnected")
+    })
+  ).pipe(
+    Effect.catchTags({
+      ConnectionClosed: (e) =>
+        e.missing > 0 && e.reason !== "end of stream"
+          ? Effect.logInfo(`connection lost: ${e.reason}`)
+          : Effect.logDebug(`connection closed by the client: ${e.reason}`),
+      ProtocolViolation: (e) => Effect.logWarning(`closing connection: ${e.message}`)
+    }),
+    Effect.catchAllCause((cause) =>
+      Cause.isInterruptedOnly(cause) ? Effect.void : Effect.logError("session ended by a defect", cause)
+    ),
+    Effect.annotateLogs({ connection: options.connectionId })
+  )

@@ -1,0 +1,305 @@
+/**
+ * The transmission phase: read requests, check them, run them on the driver
+ * concurrently, and send replies as they complete.
+ *
+ * The loop keeps reading while earlier requests run (pipelining), bounded by
+ * `maxInFlight` requests and `maxInFlightBytes` of write payload, and it stops taking
+ * requests while too many reply bytes are queued. A rejected request is answered with
+ * the errno the spec prescribes and the connection stays usable; a broken frame (bad
+ * magic, an absurd payload) closes this connection only. On NBD_CMD_DISC, end of
+ * stream or interruption, in-flight requests finish before the session ends.
+ *
+ * @since 0.1.0
+ */
+import * as Effect from "effect/Effect"
+import * as FiberSet from "effect/FiberSet"
+import type { Extent, NbdDriverShape } from "../Driver.ts"
+import { type ProtocolError, protocolError, ProtocolViolation } from "../Errors.ts"
+import {
+  ChunkType,
+  Command,
+  CommandFlags,
+  commandName,
+  Errno,
+  REQUEST_MAGIC,
+  ReplyFlags,
+  TransmissionFlags
+} from "../protocol/Constants.ts"
+import * as Wire from "../protocol/Transmission.ts"
+import type { ConnectionClosed, FrameReader } from "./FrameReader.ts"
+import type { Negotiated } from "./Negotiation.ts"
+import type { ReplyWriter } from "./ReplyWriter.ts"
+import type { ServerConfig } from "./ServerConfig.ts"
+
+/** What the transmission phase needs. */
+export interface TransmissionContext {
+  readonly reader: FrameReader
+  readonly writer: ReplyWriter
+  readonly config: ServerConfig
+  readonly negotiated: Negotiated
+  /** True once the server is shutting down: new requests get ESHUTDOWN. */
+  readonly isShuttingDown: () => boolean
+}
+
+/** A decoded request, with the offset as a number (offsets past 2^53 are rejected). */
+interface Request {
+  readonly type: number
+  readonly flags: number
+  readonly cookie: bigint
+  readonly offset: number
+  readonly length: number
+}
+
+/** Largest reply payload of a structured chunk. */
+const MAX_EXTENT = 0xffffffff
+
+const READ_LIKE = new Set<number>([Command.READ, Command.TRIM, Command.CACHE, Command.BLOCK_STATUS])
+const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES, Command.RESIZE])
+
+/** Command flags each command accepts (FUA is added when SEND_FUA is advertised). */
+const allowedFlags = (type: number, structured: boolean): number => {
+  switch (type) {
+    case Command.READ:
+      return structured ? CommandFlags.DF : 0
+    case Command.WRITE_ZEROES:
+      return CommandFlags.NO_HOLE | CommandFlags.FAST_ZERO
+    case Command.BLOCK_STATUS:
+      return CommandFlags.REQ_ONE
+    default:
+      return 0
+  }
+}
+
+const errorMessage = new TextEncoder()
+
+/** Runs the transmission phase until the client disconnects. */
+export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionClosed | ProtocolViolation> =>
+  Effect.scoped(Effect.gen(function*() {
+    const { config, negotiated, reader, writer } = ctx
+    const exp = negotiated.export
+    const driver: NbdDriverShape = exp.driver
+    const features = driver.features
+    const flags = negotiated.transmissionFlags
+    const structured = negotiated.structuredReplies
+    const fuaFlag = (flags & TransmissionFlags.SEND_FUA) !== 0 ? CommandFlags.FUA : 0
+    const blockSize = driver.blockSize
+    const maxPayload = blockSize.maximum
+
+    const inFlight = yield* FiberSet.make<void, never>()
+    const slots = yield* Effect.makeSemaphore(config.maxInFlight)
+    const payloadBudget = yield* Effect.makeSemaphore(config.maxInFlightBytes)
+
+    // ---- replies -------------------------------------------------------------------
+    const sendError = (req: Request, error: ProtocolError) => {
+      const errno = Errno[error.errno]
+      if (!structured) return writer.send([Wire.encodeSimpleReplyFast(errno, req.cookie)])
+      const message = errorMessage.encode(error.message.slice(0, 1024))
+      const header = Wire.encodeStructuredHeaderFast(ReplyFlags.DONE, ChunkType.ERROR, req.cookie, 6 + message.length, 6)
+      header.writeUInt32BE(errno, 20)
+      header.writeUInt16BE(message.length, 24)
+      return writer.send([header, message])
+    }
+
+    const sendOk = (req: Request) => writer.send([Wire.encodeSimpleReplyFast(0, req.cookie)])
+
+    const sendRead = (req: Request, data: Uint8Array) => {
+      if (!structured) return writer.send([Wire.encodeSimpleReplyFast(0, req.cookie), data])
+      if (data.length === 0) {
+        return writer.send([Wire.encodeStructuredHeaderFast(ReplyFlags.DONE, ChunkType.NONE, req.cookie, 0)])
+      }
+      const header = Wire.encodeStructuredHeaderFast(ReplyFlags.DONE, ChunkType.OFFSET_DATA, req.cookie, 8 + data.length, 8)
+      header.writeBigUInt64BE(BigInt(req.offset), 20)
+      return writer.send([header, data])
+    }
+
+    const sendBlockStatus = (req: Request, extents: ReadonlyArray<Extent>) => {
+      const chunks: Array<Uint8Array> = []
+      negotiated.metaContexts.forEach((context, i) => {
+        const done = i === negotiated.metaContexts.length - 1 ? ReplyFlags.DONE : 0
+        const header = Wire.encodeStructuredHeaderFast(done, ChunkType.BLOCK_STATUS, req.cookie, 4 + 8 * extents.length, 4 + 8 * extents.length)
+        header.writeUInt32BE(context.id, 20)
+        extents.forEach((extent, j) => {
+          header.writeUInt32BE(extent.length, 24 + 8 * j)
+          header.writeUInt32BE(extent.flags, 28 + 8 * j)
+        })
+        chunks.push(header)
+      })
+      return writer.send(chunks)
+    }
+
+    // ---- checks --------------------------------------------------------------------
+    /** The error a request gets before it reaches the driver, if any. */
+    const check = (req: Request, size: number): ProtocolError | undefined => {
+      const { type } = req
+      if (ctx.isShuttingDown()) return protocolError("ESHUTDOWN", "the server is shutting down")
+      if (type > Command.RESIZE || type === Command.DISC) return protocolError("EINVAL", `unknown command ${type}`)
+      const unknownFlags = req.flags & ~(allowedFlags(type, structured) | fuaFlag)
+      if (unknownFlags !== 0) {
+        return protocolError("EINVAL", `flags 0x${unknownFlags.toString(16)} are not valid for ${commandName(type)}`)
+      }
+      if (exp.readOnly && WRITES.has(type)) return protocolError("EPERM", "the export is read-only")
+      switch (type) {
+        case Command.FLUSH:
+          return features.flush ? undefined : protocolError("EINVAL", "FLUSH is not supported by this export")
+        case Command.TRIM:
+          if (!features.trim) return protocolError("EINVAL", "TRIM is not supported by this export")
+          break
+        case Command.BLOCK_STATUS:
+          if (!structured || negotiated.metaContexts.length === 0) {
+            return protocolError("EINVAL", "no meta context was selected for BLOCK_STATUS")
+          }
+          if (req.length === 0) return protocolError("EINVAL", "BLOCK_STATUS of zero bytes")
+          break
+        case Command.RESIZE:
+          if (!features.resize) return protocolError("EINVAL", "RESIZE is not supported by this export")
+          return req.offset % blockSize.minimum === 0
+            ? undefined
+            : protocolError("EINVAL", `new size is not a multiple of ${blockSize.minimum}`)
+      }
+      if (req.offset + req.length > size) {
+        return protocolError(
+          READ_LIKE.has(type) ? "EINVAL" : "ENOSPC",
+          `${commandName(type)} of ${req.length} bytes at ${req.offset} is beyond the export size ${size}`
+        )
+      }
+      if (req.offset % blockSize.minimum !== 0 || req.length % blockSize.minimum !== 0) {
+        return protocolError("EINVAL", `offset and length must be multiples of ${blockSize.minimum}`)
+      }
+      if ((type === Command.READ || type === Command.WRITE) && req.length > maxPayload) {
+        return protocolError("EINVAL", `${commandName(type)} of ${req.length} bytes exceeds the maximum ${maxPayload}`)
+      }
+      if (type === Command.WRITE_ZEROES && (req.flags & CommandFlags.FAST_ZERO) !== 0 && !features.fastZero) {
+        return protocolError("ENOTSUP", "fast zeroing is not supported by this export")
+      }
+      return undefined
+    }
+
+    // ---- execution -----------------------------------------------------------------
+    const fua = (req: Request) => (req.flags & CommandFlags.FUA) !== 0
+    /** FUA on a driver without native FUA: follow the write with a flush. */
+    const afterWrite = (req: Request) => fua(req) && !features.fua && features.flush ? driver.flush : Effect.void
+
+    const execute = (req: Request, payload: Uint8Array | undefined): Effect.Effect<void, ProtocolError> => {
+      switch (req.type) {
+        case Command.READ:
+          return Effect.flatMap(driver.read(req.offset, req.length), (data) =>
+            data.length === req.length
+              ? sendRead(req, data)
+              : Effect.fail(protocolError("EIO", `driver returned ${data.length} bytes for a read of ${req.length}`)))
+        case Command.WRITE:
+          return driver.write(req.offset, payload!, { fua: fua(req) }).pipe(
+            Effect.zipRight(afterWrite(req)),
+            Effect.zipRight(sendOk(req))
+          )
+        case Command.FLUSH:
+          return Effect.zipRight(driver.flush, sendOk(req))
+        case Command.TRIM:
+          return driver.trim(req.offset, req.length, { fua: fua(req) }).pipe(
+            Effect.zipRight(afterWrite(req)),
+            Effect.zipRight(sendOk(req))
+          )
+        case Command.WRITE_ZEROES:
+          return driver.writeZeroes(req.offset, req.length, {
+            fua: fua(req),
+            noHole: (req.flags & CommandFlags.NO_HOLE) !== 0,
+            fastZero: (req.flags & CommandFlags.FAST_ZERO) !== 0
+          }).pipe(Effect.zipRight(afterWrite(req)), Effect.zipRight(sendOk(req)))
+        case Command.CACHE:
+          return Effect.zipRight(driver.cache(req.offset, req.length), sendOk(req))
+        case Command.BLOCK_STATUS:
+          return Effect.flatMap(driver.blockStatus(req.offset, req.length), (extents) => {
+            const fitted = fitExtents(extents, req)
+            return fitted.length === 0
+              ? Effect.fail(protocolError("EIO", "driver returned no extent"))
+              : sendBlockStatus(req, fitted)
+          })
+        case Command.RESIZE:
+          return Effect.zipRight(driver.resize(req.offset), sendOk(req))
+        default:
+          return Effect.fail(protocolError("EINVAL", `unknown command ${req.type}`))
+      }
+    }
+
+    const handle = (req: Request, payload: Uint8Array | undefined): Effect.Effect<void> =>
+      execute(req, payload).pipe(
+        Effect.catchAllDefect((defect) =>
+          Effect.zipRight(
+            Effect.logError(`driver defect in ${commandName(req.type)}`, defect),
+            Effect.fail(protocolError("EIO", "internal error in the driver"))
+          )
+        ),
+        Effect.catchAll((error) =>
+          Effect.zipRight(
+            Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
+            sendError(req, error)
+          )
+        )
+      )
+
+    // ---- the request loop ----------------------------------------------------------
+    const awaitInFlight = FiberSet.awaitEmpty(inFlight).pipe(
+      Effect.timeoutFail({
+        duration: config.drainTimeoutMillis,
+        onTimeout: () => "in-flight requests did not finish in time"
+      }),
+      Effect.catchAll((message) => Effect.logWarning(message))
+    )
+
+    const loop = Effect.gen(function*() {
+      while (true) {
+        yield* writer.awaitDrain
+        const bytes = yield* reader.read(Wire.REQUEST_HEADER_SIZE)
+        const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+        const magic = view.getUint32(0)
+        if (magic !== REQUEST_MAGIC) {
+          return yield* new ProtocolViolation({ message: `bad request magic 0x${magic.toString(16)}` })
+        }
+        const header = Wire.decodeRequestHeaderFast(view, 0)
+        const offset = header.offset > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(header.offset)
+        const req: Request = { type: header.type, flags: header.flags, cookie: header.cookie, offset, length: header.length }
+
+        if (req.type === Command.DISC) return
+
+        let payload: Uint8Array | undefined
+        let budget = 0
+        const size = yield* driver.size.pipe(Effect.orElseSucceed(() => negotiated.size))
+        const rejection = check(req, size)
+        if (req.type === Command.WRITE) {
+          if (rejection !== undefined || req.length > maxPayload) {
+            if (req.length > Math.max(maxPayload, config.maxWriteDiscard)) {
+              return yield* new ProtocolViolation({ message: `write payload of ${req.length} bytes` })
+            }
+            yield* reader.skip(req.length)
+          } else {
+            budget = Math.min(req.length, config.maxInFlightBytes)
+            yield* payloadBudget.take(budget)
+            payload = yield* reader.read(req.length).pipe(Effect.onError(() => payloadBudget.release(budget)))
+          }
+        }
+        if (rejection !== undefined) {
+          yield* Effect.logDebug(`${commandName(req.type)} rejected: ${rejection.errno}: ${rejection.message}`)
+          yield* sendError(req, rejection)
+          continue
+        }
+        yield* slots.take(1)
+        const release = budget > 0 ? Effect.zipRight(slots.release(1), payloadBudget.release(budget)) : slots.release(1)
+        yield* FiberSet.run(inFlight, Effect.ensuring(handle(req, payload), release))
+      }
+    })
+
+    yield* loop.pipe(Effect.ensuring(awaitInFlight))
+  }))
+
+/** Clips extents to the request (and to 32-bit lengths); REQ_ONE keeps the first only. */
+const fitExtents = (extents: ReadonlyArray<Extent>, req: Request): Array<Extent> => {
+  const out: Array<Extent> = []
+  let covered = 0
+  for (const extent of extents) {
+    if (covered >= req.length || extent.length <= 0) break
+    const length = Math.min(extent.length, req.length - covered, MAX_EXTENT - (MAX_EXTENT % 512))
+    out.push({ length, flags: extent.flags })
+    covered += length
+    if (length < extent.length || (req.flags & CommandFlags.REQ_ONE) !== 0) break
+  }
+  return out
+}
