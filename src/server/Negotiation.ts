@@ -28,8 +28,8 @@ import {
 } from "../protocol/Constants.ts"
 import * as Handshake from "../protocol/Handshake.ts"
 import * as OptionData from "../protocol/OptionData.ts"
-import type { ConnectionClosed, FrameReader } from "./FrameReader.ts"
-import type { ReplyWriter } from "./ReplyWriter.ts"
+import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
+import type { FrameWriter } from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
 
 /** A meta context selected for block status, with the id the client was given. */
@@ -57,7 +57,7 @@ export type Outcome =
 /** What negotiation needs besides the connection. */
 export interface NegotiationContext {
   readonly reader: FrameReader
-  readonly writer: ReplyWriter
+  readonly writer: FrameWriter
   readonly config: ServerConfig
   /** True once the server is shutting down: options are answered ERR_SHUTDOWN. */
   readonly isShuttingDown: () => boolean

@@ -10,9 +10,9 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import type { Duplex } from "node:stream"
 import { ExportRegistry } from "../Export.ts"
-import * as FrameReader from "./FrameReader.ts"
+import * as FrameReader from "../stream/FrameReader.ts"
 import * as Negotiation from "./Negotiation.ts"
-import * as ReplyWriter from "./ReplyWriter.ts"
+import * as FrameWriter from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
 import * as Transmission from "./Transmission.ts"
 
@@ -31,7 +31,7 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
     Effect.gen(function*() {
       const { config, isShuttingDown } = options
       const reader = yield* FrameReader.make(stream, { highWaterMark: config.readHighWaterMark })
-      const writer = ReplyWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
+      const writer = FrameWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
       yield* Effect.addFinalizer(() => writer.end)
       const outcome = yield* Negotiation.negotiate({ reader, writer, config, isShuttingDown })
       if (outcome._tag === "Aborted") {

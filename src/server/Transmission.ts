@@ -26,15 +26,15 @@ import {
   TransmissionFlags
 } from "../protocol/Constants.ts"
 import * as Wire from "../protocol/Transmission.ts"
-import type { ConnectionClosed, FrameReader } from "./FrameReader.ts"
+import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
 import type { Negotiated } from "./Negotiation.ts"
-import type { ReplyWriter } from "./ReplyWriter.ts"
+import type { FrameWriter } from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
 
 /** What the transmission phase needs. */
 export interface TransmissionContext {
   readonly reader: FrameReader
-  readonly writer: ReplyWriter
+  readonly writer: FrameWriter
   readonly config: ServerConfig
   readonly negotiated: Negotiated
   /** True once the server is shutting down: new requests get ESHUTDOWN. */

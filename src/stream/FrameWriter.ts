@@ -1,19 +1,19 @@
 /**
- * Writes replies to a Node.js stream.
+ * Writes protocol frames (replies, requests) to a Node.js stream.
  *
- * A reply is a list of chunks (a header and the payload, never concatenated) written
- * in one synchronous step, so the replies of concurrent requests never interleave.
+ * A frame is a list of chunks (a header and the payload, never concatenated) written
+ * in one synchronous step, so the frames of concurrent requests never interleave.
  * Writes are not awaited one by one; instead the request loop waits for `drain`
- * before taking more work while too many reply bytes are queued.
+ * before taking more work while too many bytes are queued.
  *
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
 import type { Duplex } from "node:stream"
 
-/** A reply writer over one connection. */
-export interface ReplyWriter {
-  /** Queues the chunks of one reply, in order and uninterrupted by other replies. */
+/** A frame writer over one connection. */
+export interface FrameWriter {
+  /** Queues the chunks of one frame, in order and uninterrupted by other frames. */
   readonly send: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void>
   /** Waits while more than the high-water mark of reply bytes is queued. */
   readonly awaitDrain: Effect.Effect<void>
@@ -22,15 +22,15 @@ export interface ReplyWriter {
 }
 
 /** Options of {@link make}. */
-export interface ReplyWriterOptions {
+export interface FrameWriterOptions {
   /** Queued reply bytes above which the request loop stops taking requests. */
   readonly highWaterMark?: number | undefined
   /** How long `end` waits for queued bytes to be sent before closing anyway. */
   readonly endTimeoutMillis?: number | undefined
 }
 
-/** Makes a reply writer over a stream. */
-export const make = (stream: Duplex, options: ReplyWriterOptions = {}): ReplyWriter => {
+/** Makes a frame writer over a stream. */
+export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWriter => {
   const highWaterMark = options.highWaterMark ?? 16 * 1024 * 1024
   const endTimeoutMillis = options.endTimeoutMillis ?? 5_000
   const writable = () => !stream.destroyed && !stream.writableEnded

@@ -1,0 +1,72 @@
+/**
+ * An in-process connection: two linked Duplex streams, the server's session on one end
+ * and a client on the other, with no socket involved.
+ */
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Scope from "effect/Scope"
+import { Duplex } from "node:stream"
+import { NbdDriver, type NbdDriverShape } from "../../src/Driver.ts"
+import * as Export from "../../src/Export.ts"
+import * as ServerConfig from "../../src/server/ServerConfig.ts"
+import * as Session from "../../src/server/Session.ts"
+
+class End extends Duplex {
+  peer!: End
+  private ended = false
+  override _read() {}
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void) {
+    this.peer.deliver(Buffer.from(chunk))
+    callback()
+  }
+  override _final(callback: (error?: Error | null) => void) {
+    this.peer.finishReading()
+    callback()
+  }
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void) {
+    this.peer.finishReading()
+    this.finishReading()
+    callback(error)
+  }
+  deliver(chunk: Buffer) {
+    if (!this.ended) this.push(chunk)
+  }
+  finishReading() {
+    if (this.ended) return
+    this.ended = true
+    this.push(null)
+  }
+}
+
+/** Two connected in-memory streams. */
+export const duplexPair = (): readonly [Duplex, Duplex] => {
+  const a = new End()
+  const b = new End()
+  a.peer = b
+  b.peer = a
+  return [a, b]
+}
+
+/**
+ * Runs a server session on one end of a pair (in a scoped fiber) and returns the other
+ * end for a client. The exports come from the `ExportRegistry` in context.
+ */
+export const serverStream = (
+  config: Partial<ServerConfig.ServerConfig> = {}
+): Effect.Effect<Duplex, never, Scope.Scope | Export.ExportRegistry> =>
+  Effect.gen(function*() {
+    const [client, server] = duplexPair()
+    yield* Effect.forkScoped(
+      Session.run(server, { config: ServerConfig.make(config), connectionId: 1, isShuttingDown: () => false })
+    )
+    return client
+  })
+
+/** A registry of one export backed by the `NbdDriver` layer given. */
+export const exportsOf = (
+  driver: Layer.Layer<NbdDriver>,
+  options: Export.ExportOptions = {}
+): Layer.Layer<Export.ExportRegistry> => Export.ExportRegistry.layerDriver(options).pipe(Layer.provide(driver))
+
+/** A driver layer from a shape. */
+export const driverLayer = (driver: NbdDriverShape): Layer.Layer<NbdDriver> => Layer.succeed(NbdDriver, driver)
