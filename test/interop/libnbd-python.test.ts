@@ -134,8 +134,9 @@ def wait(handle):
 h = nbd.NBD()
 h.connect_uri(uri)
 
-# 64 writes in flight at once
+# 64 writes in flight at once (no replies are read before wait polls)
 cookies = [h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray(block(i, 1))), BASE + i * S) for i in range(N)]
+assert h.aio_in_flight() == N, h.aio_in_flight()
 wait(h)
 for c in cookies:
     assert h.aio_command_completed(c), c
@@ -143,6 +144,7 @@ for c in cookies:
 # 64 reads in flight at once
 buffers = [nbd.Buffer(S) for _ in range(N)]
 cookies = [h.aio_pread(buffers[i], BASE + i * S) for i in range(N)]
+assert h.aio_in_flight() == N, h.aio_in_flight()
 wait(h)
 for i, c in enumerate(cookies):
     assert h.aio_command_completed(c), c
@@ -157,6 +159,7 @@ for i in range(N):
     else:
         buffers[i] = nbd.Buffer(S)
         cookies.append(h.aio_pread(buffers[i], BASE + i * S))
+assert h.aio_in_flight() == N, h.aio_in_flight()
 wait(h)
 for c in cookies:
     assert h.aio_command_completed(c), c
@@ -211,9 +214,6 @@ describe.skipIf(!available(["python3-libnbd"]))("libnbd Python bindings", () => 
   let server: TestServer.TestServer
   let store: SparseMemory
 
-  /** Bytes of the export as a Buffer, so they compare equal to expected Buffers. */
-  const stored = (offset: number, length: number): Buffer => Buffer.from(store.read(offset, length))
-
   beforeAll(async () => {
     server = await TestServer.start({ size: SIZE })
     if (server.store === undefined) throw new Error("expected a memory store")
@@ -227,10 +227,10 @@ describe.skipIf(!available(["python3-libnbd"]))("libnbd Python bindings", () => 
   it("pwrite, flush, pread, FUA, zero, trim, cache and block status", async () => {
     const out = await python(COMMANDS, server.uri())
     expect(out.trim().split("\n")).toContain("OK")
-    expectBytes(stored(MiB, MiB), pattern(MiB), "pattern at 1 MiB")
-    expectBytes(stored(3 * MiB, 64 * KiB), Buffer.alloc(64 * KiB), "trimmed range at 3 MiB")
+    expectBytes(store.read(MiB, MiB), pattern(MiB), "pattern at 1 MiB")
+    expectBytes(store.read(3 * MiB, 64 * KiB), Buffer.alloc(64 * KiB), "trimmed range at 3 MiB")
     expectBytes(
-      stored(4 * MiB, 128 * KiB),
+      store.read(4 * MiB, 128 * KiB),
       Buffer.concat([Buffer.alloc(96 * KiB), Buffer.alloc(32 * KiB, 0xff)]),
       "zeroed range at 4 MiB"
     )
@@ -250,7 +250,7 @@ describe.skipIf(!available(["python3-libnbd"]))("libnbd Python bindings", () => 
       return Buffer.concat(Array.from({ length: (64 * KiB) / 16 }, () => unit))
     }
     for (let i = 0; i < 64; i++) {
-      expectBytes(stored(32 * MiB + i * 64 * KiB, 64 * KiB), block(i, i % 2 === 0 ? 2 : 1), `aio block ${i}`)
+      expectBytes(store.read(32 * MiB + i * 64 * KiB, 64 * KiB), block(i, i % 2 === 0 ? 2 : 1), `aio block ${i}`)
     }
   })
 
@@ -258,7 +258,7 @@ describe.skipIf(!available(["python3-libnbd"]))("libnbd Python bindings", () => 
     const out = await python(MULTI_CONN, server.uri())
     expect(out.trim().split("\n")).toContain("OK")
     for (let i = 0; i < 4; i++) {
-      expectBytes(stored(64 * MiB + i * MiB, MiB), Buffer.alloc(MiB, 0x10 + i), `multi-conn MiB ${i}`)
+      expectBytes(store.read(64 * MiB + i * MiB, MiB), Buffer.alloc(MiB, 0x10 + i), `multi-conn MiB ${i}`)
     }
   })
 

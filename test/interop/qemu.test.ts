@@ -53,9 +53,6 @@ describe.skipIf(!available(["qemu-img", "qemu-io"]))("qemu-img and qemu-io", () 
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-nbd-qemu-"))
   })
 
-  /** Bytes of the export as a Buffer, so they compare equal to expected Buffers. */
-  const stored = (offset: number, length: number): Buffer => Buffer.from(store.read(offset, length))
-
   afterAll(async () => {
     await server?.stop()
     if (dir !== undefined) fs.rmSync(dir, { recursive: true, force: true })
@@ -105,8 +102,8 @@ describe.skipIf(!available(["qemu-img", "qemu-io"]))("qemu-img and qemu-io", () 
     expect(out).toContain("read 65536/65536 bytes at offset 1048576")
     expect(out).toContain("wrote 65536/65536 bytes at offset 2097152")
     expect(out).toContain("read 65536/65536 bytes at offset 2097152")
-    expectBytes(stored(MiB, 64 * KiB), filled(64 * KiB, 0x5a), "qemu-io pattern at 1 MiB")
-    expectBytes(stored(2 * MiB, 64 * KiB), filled(64 * KiB, 0), "qemu-io zeroes at 2 MiB")
+    expectBytes(store.read(MiB, 64 * KiB), filled(64 * KiB, 0x5a), "qemu-io pattern at 1 MiB")
+    expectBytes(store.read(2 * MiB, 64 * KiB), filled(64 * KiB, 0), "qemu-io zeroes at 2 MiB")
     // Without -u qemu sends NBD_CMD_FLAG_NO_HOLE: the zeroed pages stay allocated.
     expect(store.pages.has((2 * MiB) / PAGE)).toBe(true)
     expect(store.pages.has((2 * MiB) / PAGE + 1)).toBe(true)
@@ -122,7 +119,7 @@ describe.skipIf(!available(["qemu-img", "qemu-io"]))("qemu-img and qemu-io", () 
     ])
     expect(out).not.toContain("Pattern verification failed")
     expect(out).toContain("read 65536/65536 bytes at offset 20971520")
-    expectBytes(stored(20 * MiB, 64 * KiB), filled(64 * KiB, 0), "qemu-io zeroes at 20 MiB")
+    expectBytes(store.read(20 * MiB, 64 * KiB), filled(64 * KiB, 0), "qemu-io zeroes at 20 MiB")
     expect(store.pages.has((20 * MiB) / PAGE)).toBe(false)
     expect(store.pages.has((20 * MiB) / PAGE + 1)).toBe(false)
   })
@@ -137,7 +134,7 @@ describe.skipIf(!available(["qemu-img", "qemu-io"]))("qemu-img and qemu-io", () 
     expect(result.code === 0 || result.code === 1).toBe(true)
     expect(result.stdout).toContain("wrote 65536/65536 bytes at offset 3145728")
     expect(result.stdout).toContain("Pattern verification failed")
-    expectBytes(stored(3 * MiB, 64 * KiB), filled(64 * KiB, 0x11), "qemu-io pattern at 3 MiB")
+    expectBytes(store.read(3 * MiB, 64 * KiB), filled(64 * KiB, 0x11), "qemu-io pattern at 3 MiB")
   })
 
   it("the server still answers after the other connections", async () => {
