@@ -1,0 +1,243 @@
+/**
+ * Bad input over a real socket: each case must be answered as the spec prescribes (or
+ * close only that connection), and a fresh client must still read what was written.
+ */
+import * as Effect from "effect/Effect"
+import * as net from "node:net"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import * as Client from "../../src/client/NbdClient.ts"
+import { IHAVEOPT, Option, REQUEST_MAGIC, ReplyError } from "../../src/protocol/Constants.ts"
+import { expectBytes, pattern } from "../support/Bytes.ts"
+import * as TestServer from "../support/TestServer.ts"
+
+let server: TestServer.TestServer
+const KNOWN = pattern(64 * 1024, 42)
+
+/** A raw connection that records everything the server sends and when it closes. */
+const rawConnect = async () => {
+  const socket = net.connect(server.port, "127.0.0.1")
+  const received: Array<Buffer> = []
+  let closed = false
+  const waiters: Array<() => void> = []
+  const notify = () => waiters.splice(0).forEach((w) => w())
+  socket.on("data", (chunk) => {
+    received.push(chunk)
+    notify()
+  })
+  socket.on("close", () => {
+    closed = true
+    notify()
+  })
+  socket.on("error", () => {})
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
+  const bytes = () => Buffer.concat(received)
+  const until = (condition: () => boolean, what: string, ms = 5000) =>
+    new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms)
+      const check = () => {
+        if (condition()) {
+          clearTimeout(timer)
+          resolve()
+        } else waiters.push(check)
+      }
+      check()
+    })
+  return {
+    socket,
+    bytes,
+    write: (data: Uint8Array) => socket.write(data),
+    /** Waits until at least `n` bytes have arrived. */
+    receive: (n: number) => until(() => bytes().length >= n, `${n} bytes`),
+    /** Waits for the server to close the connection. */
+    closed: () => until(() => closed, "the server to close the connection")
+  }
+}
+
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4)
+  b.writeUInt32BE(n)
+  return b
+}
+
+const optionHeader = (option: number, length: number) => {
+  const b = Buffer.alloc(16)
+  b.writeBigUInt64BE(IHAVEOPT, 0)
+  b.writeUInt32BE(option, 8)
+  b.writeUInt32BE(length, 12)
+  return b
+}
+
+const requestHeader = (type: number, flags: number, cookie: bigint, offset: bigint, length: number, magic = REQUEST_MAGIC) => {
+  const b = Buffer.alloc(28)
+  b.writeUInt32BE(magic, 0)
+  b.writeUInt16BE(flags, 4)
+  b.writeUInt16BE(type, 6)
+  b.writeBigUInt64BE(cookie, 8)
+  b.writeBigUInt64BE(offset, 16)
+  b.writeUInt32BE(length, 24)
+  return b
+}
+
+/** Opens a raw connection into transmission on the default export with EXPORT_NAME. */
+const rawTransmission = async () => {
+  const c = await rawConnect()
+  await c.receive(18)
+  c.write(u32(3)) // FIXED_NEWSTYLE | NO_ZEROES
+  c.write(optionHeader(Option.EXPORT_NAME, 0))
+  await c.receive(18 + 10)
+  return c
+}
+
+/** A fresh, well-behaved client still reads the bytes written before the test. */
+const freshClientReadsKnownData = () =>
+  Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function*() {
+        const client = yield* Client.connect(net.connect(server.port, "127.0.0.1"))
+        return yield* client.read(1024 * 1024, KNOWN.length)
+      })
+    )
+  ).then((data) => expectBytes(data, KNOWN))
+
+beforeAll(async () => {
+  server = await TestServer.start({ size: 64 * 1024 * 1024 })
+  server.store!.write(1024 * 1024, KNOWN)
+})
+afterAll(() => server.stop())
+
+describe("bad input over a raw socket", () => {
+  it("garbage client flags: the server closes the connection", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(0xdeadbeef))
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("client asks NO_ZEROES-style unknown bits beyond bit 1: closed", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(1 | 4))
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("a wrong option magic closes the connection", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(1))
+    const bad = optionHeader(Option.LIST, 0)
+    bad[0] = 0
+    c.write(bad)
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("an option with a 4 GiB length closes the connection without reading it", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(1))
+    c.write(optionHeader(Option.INFO, 0xffffffff))
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("an unknown option gets ERR_UNSUP and the next option is answered", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(1))
+    c.write(Buffer.concat([optionHeader(1234, 5), Buffer.from("hello")]))
+    await c.receive(18 + 20)
+    const reply = c.bytes().subarray(18, 38)
+    expect(reply.readUInt32BE(8)).toBe(1234)
+    expect(reply.readUInt32BE(12)).toBe(ReplyError.UNSUP)
+    const messageLength = reply.readUInt32BE(16)
+    c.write(optionHeader(Option.LIST, 0))
+    await c.receive(18 + 20 + messageLength + 20)
+    const next = c.bytes().subarray(18 + 20 + messageLength)
+    expect(next.readUInt32BE(8)).toBe(Option.LIST)
+    c.socket.destroy()
+    await freshClientReadsKnownData()
+  })
+
+  it("EXPORT_NAME without NO_ZEROES answers size, flags and 124 zero bytes", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(1))
+    c.write(optionHeader(Option.EXPORT_NAME, 0))
+    await c.receive(18 + 134)
+    const reply = c.bytes().subarray(18)
+    expect(reply.length).toBe(134)
+    expect(reply.readBigUInt64BE(0)).toBe(64n * 1024n * 1024n)
+    expect(reply.subarray(10).every((b) => b === 0)).toBe(true)
+    c.write(requestHeader(0, 0, 7n, 1024n * 1024n, 16))
+    await c.receive(18 + 134 + 16 + 16)
+    const simple = c.bytes().subarray(18 + 134)
+    expect(simple.readUInt32BE(4)).toBe(0)
+    expect(simple.readBigUInt64BE(8)).toBe(7n)
+    expectBytes(simple.subarray(16, 32), KNOWN.subarray(0, 16))
+    c.socket.destroy()
+  })
+
+  it("EXPORT_NAME of an unknown export closes the connection", async () => {
+    const c = await rawConnect()
+    await c.receive(18)
+    c.write(u32(3))
+    c.write(Buffer.concat([optionHeader(Option.EXPORT_NAME, 7), Buffer.from("missing")]))
+    await c.closed()
+    expect(c.bytes().length).toBe(18)
+    await freshClientReadsKnownData()
+  })
+
+  it("a wrong request magic closes the connection", async () => {
+    const c = await rawTransmission()
+    c.write(requestHeader(0, 0, 1n, 0n, 512, 0x12345678))
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("an unknown command is EINVAL and the connection stays usable", async () => {
+    const c = await rawTransmission()
+    c.write(requestHeader(77, 0, 5n, 0n, 0))
+    await c.receive(28 + 16)
+    const reply = c.bytes().subarray(28)
+    expect(reply.readUInt32BE(4)).toBe(22)
+    expect(reply.readBigUInt64BE(8)).toBe(5n)
+    c.write(requestHeader(0, 0, 6n, 1024n * 1024n, 8))
+    await c.receive(28 + 16 + 16 + 8)
+    expect(c.bytes().subarray(28 + 16).readBigUInt64BE(8)).toBe(6n)
+    c.socket.destroy()
+  })
+
+  it("a truncated request then close ends only that connection", async () => {
+    const c = await rawTransmission()
+    c.write(requestHeader(0, 0, 1n, 0n, 512).subarray(0, 13))
+    c.socket.end()
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("a write whose payload is cut off by a disconnect writes nothing", async () => {
+    const c = await rawTransmission()
+    c.write(requestHeader(1, 0, 1n, 1024n * 1024n, 65536))
+    c.write(Buffer.alloc(1000, 0xff))
+    c.socket.destroy()
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("a write payload beyond any sane size closes the connection", async () => {
+    const c = await rawTransmission()
+    c.write(requestHeader(1, 0, 1n, 0n, 0xffffffff))
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+
+  it("a client vanishing with requests in flight does not disturb others", async () => {
+    const c = await rawTransmission()
+    for (let i = 0; i < 32; i++) c.write(requestHeader(0, 0, BigInt(i), 0n, 65536))
+    c.socket.destroy()
+    await c.closed()
+    await freshClientReadsKnownData()
+  })
+})
