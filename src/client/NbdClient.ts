@@ -22,7 +22,10 @@ import {
   ChunkType,
   ClientFlags,
   Command,
+  CommandFlags,
   Errno,
+  EXTENDED_REPLY_MAGIC,
+  EXTENDED_REQUEST_MAGIC,
   HandshakeFlags,
   Info,
   Option as Opt,
@@ -77,6 +80,8 @@ export interface OptionSession {
   readonly option: (option: number, data?: Uint8Array) => Effect.Effect<ReadonlyArray<OptionReply>, ClientError>
   /** Negotiates structured replies. */
   readonly structuredReplies: Effect.Effect<void, ClientError | OptionRefused>
+  /** Negotiates extended headers (experimental extension: 32-byte headers, 64-bit lengths). */
+  readonly extendedHeaders: Effect.Effect<void, ClientError | OptionRefused>
   /** Lists export names and descriptions. */
   readonly list: Effect.Effect<ReadonlyArray<typeof OptionData.ServerReply.Type>, ClientError | OptionRefused>
   /** Selects meta contexts for an export; returns their ids by name. */
@@ -108,6 +113,7 @@ export interface BlockStatus {
 export interface NbdClient {
   readonly info: ExportInfo
   readonly structuredReplies: boolean
+  readonly extendedHeaders: boolean
   readonly metaContexts: ReadonlyMap<string, number>
   readonly read: (offset: number, length: number, options?: CommandOptions) => Effect.Effect<Uint8Array, ProtocolError | ClientError>
   readonly write: (offset: number, data: Uint8Array, options?: CommandOptions) => Effect.Effect<void, ProtocolError | ClientError>
@@ -200,6 +206,7 @@ export const handshake = (
       })
 
     let structured = false
+    let extended = false
     let metaContexts: ReadonlyMap<string, number> = new Map()
 
     const infoFrom = (replies: ReadonlyArray<OptionReply>) =>
@@ -239,6 +246,10 @@ export const handshake = (
       structuredReplies: Effect.tap(expectAck(Opt.STRUCTURED_REPLY), () => {
         structured = true
       }),
+      extendedHeaders: Effect.tap(expectAck(Opt.EXTENDED_HEADERS), () => {
+        extended = true
+        structured = true
+      }),
       list: Effect.flatMap(expectAck(Opt.LIST), (replies) =>
         Effect.forEach(replies, (r) => decodeOrFail(OptionData.ServerReply, r.data, "NBD_REP_SERVER"))),
       setMetaContexts: (exportName, queries) =>
@@ -260,7 +271,7 @@ export const handshake = (
       go: (exportName, requests = [Info.NAME, Info.DESCRIPTION, Info.BLOCK_SIZE]) =>
         Effect.gen(function*() {
           const info = yield* Effect.flatMap(expectAck(Opt.GO, infoRequest(exportName, requests)), infoFrom)
-          return yield* transmission(reader, writer, info, structured, metaContexts)
+          return yield* transmission(reader, writer, info, structured, extended, metaContexts)
         }),
       abort: Effect.asVoid(option(Opt.ABORT))
     }
@@ -273,14 +284,16 @@ export const connect = (
   options: {
     readonly exportName?: string | undefined
     readonly structuredReplies?: boolean | undefined
+    readonly extendedHeaders?: boolean | undefined
     readonly metaContexts?: ReadonlyArray<string> | undefined
   } = {}
 ): Effect.Effect<NbdClient, ClientError | OptionRefused, Scope.Scope> =>
   Effect.gen(function*() {
     const session = yield* handshake(stream)
     const exportName = options.exportName ?? ""
-    if (options.structuredReplies ?? true) {
-      yield* session.structuredReplies
+    if (options.extendedHeaders === true) yield* session.extendedHeaders
+    else if (options.structuredReplies ?? true) yield* session.structuredReplies
+    if (options.extendedHeaders === true || (options.structuredReplies ?? true)) {
       if (options.metaContexts !== undefined) yield* session.setMetaContexts(exportName, options.metaContexts)
     }
     return yield* session.go(exportName)
@@ -303,6 +316,7 @@ const transmission = (
   writer: FrameWriter.FrameWriter,
   info: ExportInfo,
   structuredReplies: boolean,
+  extendedHeaders: boolean,
   metaContexts: ReadonlyMap<string, number>
 ): Effect.Effect<NbdClient, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -332,40 +346,60 @@ const transmission = (
           : Effect.succeed(p)
       })
 
+    /** Handles one chunk's payload once its header is parsed. */
+    const onChunk = (flags: number, type: number, cookie: bigint, length: number) =>
+      Effect.gen(function*() {
+        const p = yield* take(cookie)
+        const payload = yield* read(length)
+        if ((type & 0x8000) !== 0) {
+          const message: Wire.ErrorPayload = type === ChunkType.ERROR_OFFSET
+            ? yield* decodeOrFail(Wire.ErrorOffsetPayload, payload, "ERROR_OFFSET chunk")
+            : yield* decodeOrFail(Wire.ErrorPayload, payload, "ERROR chunk")
+          p.error ??= new ProtocolError({ errno: errnoName(message.error), message: message.message })
+        } else if (type === ChunkType.OFFSET_DATA) {
+          const data = yield* decodeOrFail(Wire.OffsetData, payload, "OFFSET_DATA chunk")
+          p.data ??= new Uint8Array(p.length)
+          p.data.set(data.data, Number(data.offset - p.offset))
+        } else if (type === ChunkType.OFFSET_HOLE) {
+          const hole = yield* decodeOrFail(Wire.OffsetHole, payload, "OFFSET_HOLE chunk")
+          p.data ??= new Uint8Array(p.length)
+          p.data.fill(0, Number(hole.offset - p.offset), Number(hole.offset - p.offset) + hole.size)
+        } else if (type === ChunkType.BLOCK_STATUS && !extendedHeaders) {
+          const status = yield* decodeOrFail(Wire.BlockStatusPayload, payload, "BLOCK_STATUS chunk")
+          ;(p.status ??= []).push({ contextId: status.contextId, extents: status.descriptors })
+        } else if (type === ChunkType.BLOCK_STATUS_EXT && extendedHeaders) {
+          const status = yield* decodeOrFail(Wire.BlockStatusExtPayload, payload, "BLOCK_STATUS_EXT chunk")
+          ;(p.status ??= []).push({
+            contextId: status.contextId,
+            extents: status.descriptors.map((d) => ({ length: Number(d.length), flags: Number(d.flags) }))
+          })
+        } else if (type !== ChunkType.NONE) {
+          return yield* new ClientError({ message: `unexpected chunk type ${type}` })
+        }
+        if ((flags & ReplyFlags.DONE) !== 0) {
+          if (p.error !== undefined) return settle(cookie, p, Effect.fail(p.error))
+          const result = p.data ?? new Uint8Array(p.type === Command.READ ? p.length : 0)
+          if (p.status !== undefined) statuses.set(result, p.status)
+          settle(cookie, p, Effect.succeed(result))
+        }
+      })
+
     const structuredChunk = Effect.gen(function*() {
       const rest = yield* read(Wire.STRUCTURED_REPLY_HEADER_SIZE - 4)
       const view = new DataView(rest.buffer, rest.byteOffset, rest.byteLength)
-      const flags = view.getUint16(0)
-      const type = view.getUint16(2)
+      yield* onChunk(view.getUint16(0), view.getUint16(2), view.getBigUint64(4), view.getUint32(12))
+    })
+
+    const extendedChunk = Effect.gen(function*() {
+      const rest = yield* read(Wire.EXTENDED_REPLY_HEADER_SIZE - 4)
+      const view = new DataView(rest.buffer, rest.byteOffset, rest.byteLength)
       const cookie = view.getBigUint64(4)
-      const length = view.getUint32(12)
-      const p = yield* take(cookie)
-      const payload = yield* read(length)
-      if ((type & 0x8000) !== 0) {
-        const message: Wire.ErrorPayload = type === ChunkType.ERROR_OFFSET
-          ? yield* decodeOrFail(Wire.ErrorOffsetPayload, payload, "ERROR_OFFSET chunk")
-          : yield* decodeOrFail(Wire.ErrorPayload, payload, "ERROR chunk")
-        p.error ??= new ProtocolError({ errno: errnoName(message.error), message: message.message })
-      } else if (type === ChunkType.OFFSET_DATA) {
-        const chunk = yield* decodeOrFail(Wire.OffsetData, payload, "OFFSET_DATA chunk")
-        p.data ??= new Uint8Array(p.length)
-        p.data.set(chunk.data, Number(chunk.offset - p.offset))
-      } else if (type === ChunkType.OFFSET_HOLE) {
-        const hole = yield* decodeOrFail(Wire.OffsetHole, payload, "OFFSET_HOLE chunk")
-        p.data ??= new Uint8Array(p.length)
-        p.data.fill(0, Number(hole.offset - p.offset), Number(hole.offset - p.offset) + hole.size)
-      } else if (type === ChunkType.BLOCK_STATUS) {
-        const status = yield* decodeOrFail(Wire.BlockStatusPayload, payload, "BLOCK_STATUS chunk")
-        ;(p.status ??= []).push({ contextId: status.contextId, extents: status.descriptors })
-      } else if (type !== ChunkType.NONE) {
-        return yield* new ClientError({ message: `unexpected chunk type ${type}` })
+      const offset = view.getBigUint64(12)
+      const p = pending.get(cookie)
+      if (p !== undefined && offset !== p.offset) {
+        return yield* new ClientError({ message: `extended reply offset ${offset} differs from the request's ${p.offset}` })
       }
-      if ((flags & ReplyFlags.DONE) !== 0) {
-        if (p.error !== undefined) return settle(cookie, p, Effect.fail(p.error))
-        const result = p.data ?? new Uint8Array(p.type === Command.READ ? p.length : 0)
-        if (p.status !== undefined) statuses.set(result, p.status)
-        settle(cookie, p, Effect.succeed(result))
-      }
+      yield* onChunk(view.getUint16(0), view.getUint16(2), cookie, Number(view.getBigUint64(20)))
     })
 
     const simpleReply = Effect.gen(function*() {
@@ -385,12 +419,35 @@ const transmission = (
       while (true) {
         const magicBytes = yield* read(4)
         const magic = new DataView(magicBytes.buffer, magicBytes.byteOffset, 4).getUint32(0)
-        if (magic === SIMPLE_REPLY_MAGIC) yield* simpleReply
-        else if (magic === STRUCTURED_REPLY_MAGIC) yield* structuredChunk
+        if (magic === SIMPLE_REPLY_MAGIC && !extendedHeaders) yield* simpleReply
+        else if (magic === STRUCTURED_REPLY_MAGIC && !extendedHeaders) yield* structuredChunk
+        else if (magic === EXTENDED_REPLY_MAGIC && extendedHeaders) yield* extendedChunk
         else return yield* new ClientError({ message: `bad reply magic 0x${magic.toString(16)}` })
       }
     }).pipe(Effect.catchAll(failAll))
     const receiver = yield* Effect.forkScoped(receive)
+
+    /** The request header, compact or extended. */
+    const requestHeader = (type: number, flags: number, cookie: bigint, offset: bigint, length: number) => {
+      if (extendedHeaders) {
+        const header = Buffer.allocUnsafe(Wire.EXTENDED_REQUEST_HEADER_SIZE)
+        header.writeUInt32BE(EXTENDED_REQUEST_MAGIC, 0)
+        header.writeUInt16BE(flags, 4)
+        header.writeUInt16BE(type, 6)
+        header.writeBigUInt64BE(cookie, 8)
+        header.writeBigUInt64BE(offset, 16)
+        header.writeBigUInt64BE(BigInt(length), 24)
+        return header
+      }
+      const header = Buffer.allocUnsafe(Wire.REQUEST_HEADER_SIZE)
+      header.writeUInt32BE(REQUEST_MAGIC, 0)
+      header.writeUInt16BE(flags, 4)
+      header.writeUInt16BE(type, 6)
+      header.writeBigUInt64BE(cookie, 8)
+      header.writeBigUInt64BE(offset, 16)
+      header.writeUInt32BE(length, 24)
+      return header
+    }
 
     const request: NbdClient["request"] = (type, flags, offset, length, payload) =>
       Effect.suspend(() => {
@@ -398,13 +455,7 @@ const transmission = (
         const cookie = nextCookie++
         const deferred = Deferred.unsafeMake<Uint8Array, ProtocolError | ClientError>(receiver.id())
         pending.set(cookie, { type, offset, length, deferred })
-        const header = Buffer.allocUnsafe(Wire.REQUEST_HEADER_SIZE)
-        header.writeUInt32BE(REQUEST_MAGIC, 0)
-        header.writeUInt16BE(flags, 4)
-        header.writeUInt16BE(type, 6)
-        header.writeBigUInt64BE(cookie, 8)
-        header.writeBigUInt64BE(offset, 16)
-        header.writeUInt32BE(length, 24)
+        const header = requestHeader(type, flags, cookie, offset, length)
         return Effect.zipRight(writer.send(payload === undefined ? [header] : [header, payload]), Deferred.await(deferred))
       })
 
@@ -414,11 +465,20 @@ const transmission = (
     return {
       info,
       structuredReplies,
+      extendedHeaders,
       metaContexts,
       request,
       read: (offset, length, options) => request(Command.READ, options?.flags ?? 0, BigInt(offset), length),
       write: (offset, data, options) =>
-        Effect.asVoid(request(Command.WRITE, options?.flags ?? 0, BigInt(offset), data.length, data)),
+        Effect.asVoid(
+          request(
+            Command.WRITE,
+            (options?.flags ?? 0) | (extendedHeaders ? CommandFlags.PAYLOAD_LEN : 0),
+            BigInt(offset),
+            data.length,
+            data
+          )
+        ),
       flush: Effect.asVoid(request(Command.FLUSH, 0, 0n, 0)),
       trim: simple(Command.TRIM),
       writeZeroes: simple(Command.WRITE_ZEROES),
@@ -430,11 +490,7 @@ const transmission = (
         ),
       resize: (size) => Effect.asVoid(request(Command.RESIZE, 0, BigInt(size), 0)),
       disconnect: Effect.gen(function*() {
-        const header = Buffer.alloc(Wire.REQUEST_HEADER_SIZE)
-        header.writeUInt32BE(REQUEST_MAGIC, 0)
-        header.writeUInt16BE(Command.DISC, 6)
-        header.writeBigUInt64BE(nextCookie++, 8)
-        yield* writer.send([header])
+        yield* writer.send([requestHeader(Command.DISC, 0, nextCookie++, 0n, 0)])
         yield* writer.end
       })
     } satisfies NbdClient

@@ -18,8 +18,8 @@ export const PAGE_SIZE = 32 * 1024
 /** Largest export size: offsets stay exact JavaScript numbers. */
 export const MAX_SIZE = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % PAGE_SIZE)
 
-/** Most pages one block-status answer looks at; the client asks again for the rest. */
-const MAX_STATUS_PAGES = 1 << 17
+/** Most extents in one block-status answer. */
+const MAX_STATUS_EXTENTS = 1 << 16
 
 /** Options of the memory driver. */
 export interface MemoryOptions {
@@ -92,20 +92,38 @@ export class SparseMemory {
     }
   }
 
-  /** Allocation runs from `offset`, covering at least one byte and at most `length`. */
+  /**
+   * Allocation runs from `offset`, covering at least one byte and at most `length`.
+   * Walks the allocated pages, not the range, so a sparse terabyte answers at once;
+   * stops after {@link MAX_STATUS_EXTENTS} extents (the client asks again for the rest).
+   */
   blockStatus(offset: number, length: number): Array<Driver.Extent> {
-    const extents: Array<{ length: number; flags: number }> = []
-    const end = Math.min(offset + length, offset + MAX_STATUS_PAGES * PAGE_SIZE)
-    let at = offset
-    while (at < end) {
-      const index = Math.floor(at / PAGE_SIZE)
-      const n = Math.min((index + 1) * PAGE_SIZE, end) - at
-      const flags = this.pages.has(index) ? 0 : Driver.HOLE_ZERO
-      const last = extents[extents.length - 1]
-      if (last !== undefined && last.flags === flags) last.length += n
-      else extents.push({ length: n, flags })
-      at += n
+    const end = offset + length
+    const first = Math.floor(offset / PAGE_SIZE)
+    const last = Math.ceil(end / PAGE_SIZE)
+    const allocated: Array<number> = []
+    if (last - first <= this.pages.size) {
+      for (let index = first; index < last; index++) if (this.pages.has(index)) allocated.push(index)
+    } else {
+      for (const index of this.pages.keys()) if (index >= first && index < last) allocated.push(index)
+      allocated.sort((a, b) => a - b)
     }
+    const extents: Array<{ length: number; flags: number }> = []
+    const add = (from: number, to: number, flags: number) => {
+      const previous = extents[extents.length - 1]
+      if (previous !== undefined && previous.flags === flags) previous.length += to - from
+      else extents.push({ length: to - from, flags })
+    }
+    let at = offset
+    for (const index of allocated) {
+      if (extents.length >= MAX_STATUS_EXTENTS) return extents
+      const pageStart = Math.max(index * PAGE_SIZE, offset)
+      if (pageStart > at) add(at, pageStart, Driver.HOLE_ZERO)
+      const pageEnd = Math.min((index + 1) * PAGE_SIZE, end)
+      add(pageStart, pageEnd, 0)
+      at = pageEnd
+    }
+    if (at < end) add(at, end, Driver.HOLE_ZERO)
     return extents
   }
 

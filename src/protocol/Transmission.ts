@@ -5,7 +5,13 @@
  * @since 0.1.0
  */
 import * as Binary from "./Binary.ts"
-import { REQUEST_MAGIC, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC } from "./Constants.ts"
+import {
+  EXTENDED_REPLY_MAGIC,
+  EXTENDED_REQUEST_MAGIC,
+  REQUEST_MAGIC,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_MAGIC
+} from "./Constants.ts"
 
 /** Compact request header (28 bytes); `length` bytes of data follow for `NBD_CMD_WRITE`. */
 export const RequestHeader = Binary.struct({
@@ -132,3 +138,79 @@ export const encodeStructuredHeaderFast = (
   out.writeUInt32BE(length, 16)
   return out
 }
+
+/** Extended request header (32 bytes, experimental extension): 64-bit length. */
+export const ExtendedRequestHeader = Binary.struct({
+  magic: Binary.constant(Binary.u32, EXTENDED_REQUEST_MAGIC, "extended request magic"),
+  flags: Binary.u16,
+  type: Binary.u16,
+  cookie: Binary.u64,
+  offset: Binary.u64,
+  length: Binary.u64
+})
+export type ExtendedRequestHeader = typeof ExtendedRequestHeader.Type
+
+/** Size of {@link ExtendedRequestHeader} on the wire. */
+export const EXTENDED_REQUEST_HEADER_SIZE = 32
+
+/**
+ * Decodes an extended request header without Schema's machinery (magic checked by the
+ * caller). A property test proves it equal to {@link ExtendedRequestHeader}.
+ */
+export const decodeExtendedRequestHeaderFast = (view: DataView, at: number): ExtendedRequestHeader => ({
+  flags: view.getUint16(at + 4),
+  type: view.getUint16(at + 6),
+  cookie: view.getBigUint64(at + 8),
+  offset: view.getBigUint64(at + 16),
+  length: view.getBigUint64(at + 24)
+})
+
+/** Extended reply chunk header (32 bytes, experimental extension); `length` bytes of payload follow. */
+export const ExtendedReplyHeader = Binary.struct({
+  magic: Binary.constant(Binary.u32, EXTENDED_REPLY_MAGIC, "extended reply magic"),
+  flags: Binary.u16,
+  type: Binary.u16,
+  cookie: Binary.u64,
+  offset: Binary.u64,
+  length: Binary.u64
+})
+export type ExtendedReplyHeader = typeof ExtendedReplyHeader.Type
+
+/** Size of {@link ExtendedReplyHeader} on the wire. */
+export const EXTENDED_REPLY_HEADER_SIZE = 32
+
+/**
+ * Encodes an extended reply chunk header followed by `extra` bytes of payload prefix
+ * space, for the hot path. A property test proves the header equal to {@link ExtendedReplyHeader}.
+ */
+export const encodeExtendedHeaderFast = (
+  flags: number,
+  type: number,
+  cookie: bigint,
+  offset: bigint,
+  length: number,
+  extra = 0
+): Buffer => {
+  const out = Buffer.allocUnsafe(EXTENDED_REPLY_HEADER_SIZE + extra)
+  out.writeUInt32BE(EXTENDED_REPLY_MAGIC, 0)
+  out.writeUInt16BE(flags, 4)
+  out.writeUInt16BE(type, 6)
+  out.writeBigUInt64BE(cookie, 8)
+  out.writeBigUInt64BE(offset, 16)
+  out.writeBigUInt64BE(BigInt(length), 24)
+  return out
+}
+
+/** One extent of a `NBD_REPLY_TYPE_BLOCK_STATUS_EXT` chunk. */
+export const BlockDescriptorExt = Binary.struct({
+  length: Binary.u64,
+  flags: Binary.u64
+})
+export type BlockDescriptorExt = typeof BlockDescriptorExt.Type
+
+/** `NBD_REPLY_TYPE_BLOCK_STATUS_EXT` payload: a context id, a count and 64-bit extents. */
+export const BlockStatusExtPayload = Binary.struct({
+  contextId: Binary.u32,
+  descriptors: Binary.array(Binary.u32, Binary.embed(BlockDescriptorExt), 0x100000)
+})
+export type BlockStatusExtPayload = typeof BlockStatusExtPayload.Type

@@ -44,7 +44,10 @@ export interface Negotiated {
   /** Size of the export when it was selected. */
   readonly size: number
   readonly transmissionFlags: number
+  /** Structured replies were negotiated (implied by extended headers). */
   readonly structuredReplies: boolean
+  /** Extended headers (experimental extension): 32-byte requests and replies. */
+  readonly extendedHeaders: boolean
   /** Meta contexts selected for this export (empty: BLOCK_STATUS is refused). */
   readonly metaContexts: ReadonlyArray<MetaContext>
 }
@@ -117,6 +120,7 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
     const noZeroes = (clientFlags & ClientFlags.C_NO_ZEROES) !== 0
 
     let structuredReplies = false
+    let extendedHeaders = false
     let metaSelection: { readonly exportName: string; readonly contexts: ReadonlyArray<MetaContext> } | undefined
 
     const reply = (option: number, replyType: number, data: Uint8Array = new Uint8Array(0)) =>
@@ -169,7 +173,14 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         const metaContexts = metaSelection !== undefined && metaSelection.exportName === request.name
           ? metaSelection.contexts
           : []
-        return Option.some<Negotiated>({ export: exp, size, transmissionFlags, structuredReplies, metaContexts })
+        return Option.some<Negotiated>({
+          export: exp,
+          size,
+          transmissionFlags,
+          structuredReplies,
+          extendedHeaders,
+          metaContexts
+        })
       })
 
     /** LIST_META_CONTEXT and SET_META_CONTEXT: only `base:allocation` exists. */
@@ -217,6 +228,9 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
       const data = yield* reader.read(length)
 
       if (option === Opt.EXPORT_NAME) {
+        if (extendedHeaders) {
+          return yield* new ProtocolViolation({ message: "EXPORT_NAME after extended headers were negotiated" })
+        }
         const selected = yield* Effect.try(() => utf8.decode(data)).pipe(
           Effect.mapError(() => optionReplyError("INVALID", "export name is not UTF-8")),
           Effect.flatMap(select),
@@ -231,7 +245,7 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         yield* writer.send([message.encodeUnsafe({ size: BigInt(size), transmissionFlags })])
         return {
           _tag: "Transmission",
-          negotiated: { export: exp, size, transmissionFlags, structuredReplies, metaContexts: [] }
+          negotiated: { export: exp, size, transmissionFlags, structuredReplies, extendedHeaders, metaContexts: [] }
         } as const
       }
       if (option === Opt.ABORT) {
@@ -268,7 +282,9 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
           case Opt.STRUCTURED_REPLY:
             return noData(data, "STRUCTURED_REPLY").pipe(
               Effect.zipRight(
-                structuredReplies
+                extendedHeaders
+                  ? Effect.fail(optionReplyError("EXT_HEADER_REQD", "extended headers are already negotiated"))
+                  : structuredReplies
                   ? Effect.fail(optionReplyError("INVALID", "structured replies are already negotiated"))
                   : Effect.sync(() => {
                     structuredReplies = true
@@ -280,6 +296,20 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
           case Opt.LIST_META_CONTEXT:
           case Opt.SET_META_CONTEXT:
             return metaContext(option, data).pipe(Effect.as(Option.none()))
+          case Opt.EXTENDED_HEADERS:
+            if (!config.extendedHeaders) return Effect.fail(optionReplyError("UNSUP", "extended headers are disabled"))
+            return noData(data, "EXTENDED_HEADERS").pipe(
+              Effect.zipRight(
+                extendedHeaders
+                  ? Effect.fail(optionReplyError("INVALID", "extended headers are already negotiated"))
+                  : Effect.sync(() => {
+                    extendedHeaders = true
+                    structuredReplies = true
+                  })
+              ),
+              Effect.zipRight(reply(option, Reply.ACK)),
+              Effect.as(Option.none())
+            )
           case Opt.STARTTLS:
             return Effect.fail(optionReplyError("POLICY", "TLS is not configured on this server"))
           default:

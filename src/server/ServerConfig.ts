@@ -20,6 +20,8 @@ export interface ServerConfig {
   readonly readHighWaterMark: number
   /** Queued reply bytes above which a connection stops taking requests. */
   readonly writeHighWaterMark: number
+  /** Offer extended headers (experimental extension: 64-bit lengths, 32-byte headers). */
+  readonly extendedHeaders: boolean
   /** How long a closing session waits for its in-flight requests, in milliseconds. */
   readonly drainTimeoutMillis: number
 }
@@ -33,6 +35,7 @@ export const defaults: ServerConfig = {
   maxInFlightBytes: 128 * 1024 * 1024,
   readHighWaterMark: 4 * 1024 * 1024,
   writeHighWaterMark: 16 * 1024 * 1024,
+  extendedHeaders: true,
   drainTimeoutMillis: 30_000
 }
 

@@ -21,6 +21,7 @@ import {
   CommandFlags,
   commandName,
   Errno,
+  EXTENDED_REQUEST_MAGIC,
   REQUEST_MAGIC,
   ReplyFlags,
   TransmissionFlags
@@ -41,26 +42,34 @@ export interface TransmissionContext {
   readonly isShuttingDown: () => boolean
 }
 
-/** A decoded request, with the offset as a number (offsets past 2^53 are rejected). */
+/** A decoded request, with offset and length as numbers (values past 2^53 are rejected). */
 interface Request {
   readonly type: number
   readonly flags: number
   readonly cookie: bigint
+  /** The offset as sent, echoed in extended reply headers. */
+  readonly wireOffset: bigint
   readonly offset: number
   readonly length: number
 }
 
-/** Largest reply payload of a structured chunk. */
-const MAX_EXTENT = 0xffffffff
+/** Largest extent of a BLOCK_STATUS chunk, aligned to 512 bytes: 32-bit, or 64-bit with extended headers. */
+const MAX_EXTENT = 0xffffffff - (0xffffffff % 512)
+const MAX_EXTENT_EXT = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % 512)
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER)
+const toNumber = (value: bigint): number => (value > MAX_SAFE ? Number.MAX_SAFE_INTEGER : Number(value))
 
 const READ_LIKE = new Set<number>([Command.READ, Command.TRIM, Command.CACHE, Command.BLOCK_STATUS])
 const WRITES = new Set<number>([Command.WRITE, Command.TRIM, Command.WRITE_ZEROES, Command.RESIZE])
 
 /** Command flags each command accepts (FUA is added when SEND_FUA is advertised). */
-const allowedFlags = (type: number, structured: boolean): number => {
+const allowedFlags = (type: number, structured: boolean, extended: boolean): number => {
   switch (type) {
     case Command.READ:
       return structured ? CommandFlags.DF : 0
+    case Command.WRITE:
+      return extended ? CommandFlags.PAYLOAD_LEN : 0
     case Command.WRITE_ZEROES:
       return CommandFlags.NO_HOLE | CommandFlags.FAST_ZERO
     case Command.BLOCK_STATUS:
@@ -71,6 +80,7 @@ const allowedFlags = (type: number, structured: boolean): number => {
 }
 
 const errorMessage = new TextEncoder()
+const EMPTY = new Uint8Array(0)
 
 /** Runs the transmission phase until the client disconnects. */
 export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionClosed | ProtocolViolation> =>
@@ -80,49 +90,72 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     const driver: NbdDriverShape = exp.driver
     const features = driver.features
     const flags = negotiated.transmissionFlags
-    const structured = negotiated.structuredReplies
+    const extended = negotiated.extendedHeaders
+    const structured = negotiated.structuredReplies || extended
     const fuaFlag = (flags & TransmissionFlags.SEND_FUA) !== 0 ? CommandFlags.FUA : 0
     const blockSize = driver.blockSize
     const maxPayload = blockSize.maximum
+    const headerSize = extended ? Wire.EXTENDED_REQUEST_HEADER_SIZE : Wire.REQUEST_HEADER_SIZE
+    const requestMagic = extended ? EXTENDED_REQUEST_MAGIC : REQUEST_MAGIC
 
     const inFlight = yield* FiberSet.make<void, never>()
     const slots = yield* Effect.makeSemaphore(config.maxInFlight)
     const payloadBudget = yield* Effect.makeSemaphore(config.maxInFlightBytes)
 
     // ---- replies -------------------------------------------------------------------
+    /** Where a chunk's payload starts in the buffer from {@link chunk}. */
+    const at = extended ? Wire.EXTENDED_REPLY_HEADER_SIZE : Wire.STRUCTURED_REPLY_HEADER_SIZE
+    /** A structured (or extended) chunk header with room for `extra` payload bytes after it. */
+    const chunk = (req: Request, done: boolean, type: number, length: number, extra = 0) =>
+      extended
+        ? Wire.encodeExtendedHeaderFast(done ? ReplyFlags.DONE : 0, type, req.cookie, req.wireOffset, length, extra)
+        : Wire.encodeStructuredHeaderFast(done ? ReplyFlags.DONE : 0, type, req.cookie, length, extra)
+
     const sendError = (req: Request, error: ProtocolError) => {
       const errno = Errno[error.errno]
       if (!structured) return writer.send([Wire.encodeSimpleReplyFast(errno, req.cookie)])
       const message = errorMessage.encode(error.message.slice(0, 1024))
-      const header = Wire.encodeStructuredHeaderFast(ReplyFlags.DONE, ChunkType.ERROR, req.cookie, 6 + message.length, 6)
-      header.writeUInt32BE(errno, 20)
-      header.writeUInt16BE(message.length, 24)
+      const header = chunk(req, true, ChunkType.ERROR, 6 + message.length, 6)
+      header.writeUInt32BE(errno, at)
+      header.writeUInt16BE(message.length, at + 4)
       return writer.send([header, message])
     }
 
-    const sendOk = (req: Request) => writer.send([Wire.encodeSimpleReplyFast(0, req.cookie)])
+    const sendOk = (req: Request) =>
+      writer.send([extended ? chunk(req, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, req.cookie)])
 
     const sendRead = (req: Request, data: Uint8Array) => {
       if (!structured) return writer.send([Wire.encodeSimpleReplyFast(0, req.cookie), data])
-      if (data.length === 0) {
-        return writer.send([Wire.encodeStructuredHeaderFast(ReplyFlags.DONE, ChunkType.NONE, req.cookie, 0)])
-      }
-      const header = Wire.encodeStructuredHeaderFast(ReplyFlags.DONE, ChunkType.OFFSET_DATA, req.cookie, 8 + data.length, 8)
-      header.writeBigUInt64BE(BigInt(req.offset), 20)
+      if (data.length === 0) return writer.send([chunk(req, true, ChunkType.NONE, 0)])
+      const header = chunk(req, true, ChunkType.OFFSET_DATA, 8 + data.length, 8)
+      header.writeBigUInt64BE(req.wireOffset, at)
       return writer.send([header, data])
     }
 
     const sendBlockStatus = (req: Request, extents: ReadonlyArray<Extent>) => {
       const chunks: Array<Uint8Array> = []
       negotiated.metaContexts.forEach((context, i) => {
-        const done = i === negotiated.metaContexts.length - 1 ? ReplyFlags.DONE : 0
-        const header = Wire.encodeStructuredHeaderFast(done, ChunkType.BLOCK_STATUS, req.cookie, 4 + 8 * extents.length, 4 + 8 * extents.length)
-        header.writeUInt32BE(context.id, 20)
-        extents.forEach((extent, j) => {
-          header.writeUInt32BE(extent.length, 24 + 8 * j)
-          header.writeUInt32BE(extent.flags, 28 + 8 * j)
-        })
-        chunks.push(header)
+        const done = i === negotiated.metaContexts.length - 1
+        if (extended) {
+          const length = 8 + 16 * extents.length
+          const header = chunk(req, done, ChunkType.BLOCK_STATUS_EXT, length, length)
+          header.writeUInt32BE(context.id, at)
+          header.writeUInt32BE(extents.length, at + 4)
+          extents.forEach((extent, j) => {
+            header.writeBigUInt64BE(BigInt(extent.length), at + 8 + 16 * j)
+            header.writeBigUInt64BE(BigInt(extent.flags), at + 16 + 16 * j)
+          })
+          chunks.push(header)
+        } else {
+          const length = 4 + 8 * extents.length
+          const header = chunk(req, done, ChunkType.BLOCK_STATUS, length, length)
+          header.writeUInt32BE(context.id, at)
+          extents.forEach((extent, j) => {
+            header.writeUInt32BE(extent.length, at + 4 + 8 * j)
+            header.writeUInt32BE(extent.flags, at + 8 + 8 * j)
+          })
+          chunks.push(header)
+        }
       })
       return writer.send(chunks)
     }
@@ -133,11 +166,14 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       const { type } = req
       if (ctx.isShuttingDown()) return protocolError("ESHUTDOWN", "the server is shutting down")
       if (type > Command.RESIZE || type === Command.DISC) return protocolError("EINVAL", `unknown command ${type}`)
-      const unknownFlags = req.flags & ~(allowedFlags(type, structured) | fuaFlag)
+      const unknownFlags = req.flags & ~(allowedFlags(type, structured, extended) | fuaFlag)
       if (unknownFlags !== 0) {
         return protocolError("EINVAL", `flags 0x${unknownFlags.toString(16)} are not valid for ${commandName(type)}`)
       }
       if (exp.readOnly && WRITES.has(type)) return protocolError("EPERM", "the export is read-only")
+      if (extended && type === Command.WRITE && (req.flags & CommandFlags.PAYLOAD_LEN) === 0) {
+        return protocolError("EINVAL", "WRITE with extended headers must set PAYLOAD_LEN")
+      }
       switch (type) {
         case Command.FLUSH:
           return features.flush ? undefined : protocolError("EINVAL", "FLUSH is not supported by this export")
@@ -179,7 +215,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     /** FUA on a driver without native FUA: follow the write with a flush. */
     const afterWrite = (req: Request) => fua(req) && !features.fua && features.flush ? driver.flush : Effect.void
 
-    const execute = (req: Request, payload: Uint8Array | undefined): Effect.Effect<void, ProtocolError> => {
+    const execute = (req: Request, payload: Uint8Array): Effect.Effect<void, ProtocolError> => {
       switch (req.type) {
         case Command.READ:
           return Effect.flatMap(driver.read(req.offset, req.length), (data) =>
@@ -187,7 +223,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
               ? sendRead(req, data)
               : Effect.fail(protocolError("EIO", `driver returned ${data.length} bytes for a read of ${req.length}`)))
         case Command.WRITE:
-          return driver.write(req.offset, payload!, { fua: fua(req) }).pipe(
+          return driver.write(req.offset, payload, { fua: fua(req) }).pipe(
             Effect.zipRight(afterWrite(req)),
             Effect.zipRight(sendOk(req))
           )
@@ -208,7 +244,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
           return Effect.zipRight(driver.cache(req.offset, req.length), sendOk(req))
         case Command.BLOCK_STATUS:
           return Effect.flatMap(driver.blockStatus(req.offset, req.length), (extents) => {
-            const fitted = fitExtents(extents, req)
+            const fitted = fitExtents(extents, req, extended ? MAX_EXTENT_EXT : MAX_EXTENT)
             return fitted.length === 0
               ? Effect.fail(protocolError("EIO", "driver returned no extent"))
               : sendBlockStatus(req, fitted)
@@ -220,7 +256,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       }
     }
 
-    const handle = (req: Request, payload: Uint8Array | undefined): Effect.Effect<void> =>
+    const handle = (req: Request, payload: Uint8Array): Effect.Effect<void> =>
       execute(req, payload).pipe(
         Effect.catchAllDefect((defect) =>
           Effect.zipRight(
@@ -248,32 +284,42 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     const loop = Effect.gen(function*() {
       while (true) {
         yield* writer.awaitDrain
-        const bytes = yield* reader.read(Wire.REQUEST_HEADER_SIZE)
+        const bytes = yield* reader.read(headerSize)
         const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
         const magic = view.getUint32(0)
-        if (magic !== REQUEST_MAGIC) {
+        if (magic !== requestMagic) {
           return yield* new ProtocolViolation({ message: `bad request magic 0x${magic.toString(16)}` })
         }
-        const header = Wire.decodeRequestHeaderFast(view, 0)
-        const offset = header.offset > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(header.offset)
-        const req: Request = { type: header.type, flags: header.flags, cookie: header.cookie, offset, length: header.length }
+        const header = extended ? Wire.decodeExtendedRequestHeaderFast(view, 0) : Wire.decodeRequestHeaderFast(view, 0)
+        const req: Request = {
+          type: header.type,
+          flags: header.flags,
+          cookie: header.cookie,
+          wireOffset: header.offset,
+          offset: toNumber(header.offset),
+          length: typeof header.length === "bigint" ? toNumber(header.length) : header.length
+        }
 
         if (req.type === Command.DISC) return
 
-        let payload: Uint8Array | undefined
+        // Bytes that follow the header: a compact WRITE's data, or any payload announced by PAYLOAD_LEN.
+        const payloadLength = extended
+          ? ((req.flags & CommandFlags.PAYLOAD_LEN) !== 0 ? req.length : 0)
+          : (req.type === Command.WRITE ? req.length : 0)
+        let payload: Uint8Array = EMPTY
         let budget = 0
         const size = yield* driver.size.pipe(Effect.orElseSucceed(() => negotiated.size))
         const rejection = check(req, size)
-        if (req.type === Command.WRITE) {
-          if (rejection !== undefined || req.length > maxPayload) {
-            if (req.length > Math.max(maxPayload, config.maxWriteDiscard)) {
-              return yield* new ProtocolViolation({ message: `write payload of ${req.length} bytes` })
+        if (payloadLength > 0) {
+          if (rejection !== undefined) {
+            if (payloadLength > Math.max(maxPayload, config.maxWriteDiscard)) {
+              return yield* new ProtocolViolation({ message: `request payload of ${payloadLength} bytes` })
             }
-            yield* reader.skip(req.length)
+            yield* reader.skip(payloadLength)
           } else {
-            budget = Math.min(req.length, config.maxInFlightBytes)
+            budget = Math.min(payloadLength, config.maxInFlightBytes)
             yield* payloadBudget.take(budget)
-            payload = yield* reader.read(req.length).pipe(Effect.onError(() => payloadBudget.release(budget)))
+            payload = yield* reader.read(payloadLength).pipe(Effect.onError(() => payloadBudget.release(budget)))
           }
         }
         if (rejection !== undefined) {
@@ -290,13 +336,13 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     yield* loop.pipe(Effect.ensuring(awaitInFlight))
   }))
 
-/** Clips extents to the request (and to 32-bit lengths); REQ_ONE keeps the first only. */
-const fitExtents = (extents: ReadonlyArray<Extent>, req: Request): Array<Extent> => {
+/** Clips extents to the request and to the largest extent length; REQ_ONE keeps the first only. */
+const fitExtents = (extents: ReadonlyArray<Extent>, req: Request, maxExtent: number): Array<Extent> => {
   const out: Array<Extent> = []
   let covered = 0
   for (const extent of extents) {
     if (covered >= req.length || extent.length <= 0) break
-    const length = Math.min(extent.length, req.length - covered, MAX_EXTENT - (MAX_EXTENT % 512))
+    const length = Math.min(extent.length, req.length - covered, maxExtent)
     out.push({ length, flags: extent.flags })
     covered += length
     if (length < extent.length || (req.flags & CommandFlags.REQ_ONE) !== 0) break

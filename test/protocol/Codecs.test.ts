@@ -31,7 +31,10 @@ const messages: Record<string, BinarySchema<any>> = {
   OffsetHole: Transmission.OffsetHole,
   ErrorPayload: Transmission.ErrorPayload,
   ErrorOffsetPayload: Transmission.ErrorOffsetPayload,
-  BlockStatusPayload: Transmission.BlockStatusPayload
+  BlockStatusPayload: Transmission.BlockStatusPayload,
+  ExtendedRequestHeader: Transmission.ExtendedRequestHeader,
+  ExtendedReplyHeader: Transmission.ExtendedReplyHeader,
+  BlockStatusExtPayload: Transmission.BlockStatusExtPayload
 }
 
 /** Messages whose decoding fails on every strict prefix (no trailing "rest" field). */
@@ -49,7 +52,9 @@ const fixedLength = new Set([
   "StructuredReplyHeader",
   "OffsetHole",
   "ErrorOffsetPayload",
-  "ErrorPayload"
+  "ErrorPayload",
+  "ExtendedRequestHeader",
+  "ExtendedReplyHeader"
 ])
 
 /** Messages whose last field takes the remaining bytes. */
@@ -127,6 +132,23 @@ describe("hot-path codecs equal the Schemas", () => {
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
     expect(Transmission.decodeRequestHeaderFast(view, 0)).toEqual(Schema.decodeSync(Transmission.RequestHeader)(bytes))
   })
+
+  it.prop("decodeExtendedRequestHeaderFast", [Schema.typeSchema(Transmission.ExtendedRequestHeader)], ([header]) => {
+    const bytes = Transmission.ExtendedRequestHeader.encodeUnsafe(header)
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    expect(Transmission.decodeExtendedRequestHeaderFast(view, 0)).toEqual(
+      Schema.decodeSync(Transmission.ExtendedRequestHeader)(bytes)
+    )
+  })
+
+  it.prop(
+    "encodeExtendedHeaderFast",
+    [Schema.typeSchema(Transmission.ExtendedReplyHeader).pipe(Schema.filter((h) => h.length <= BigInt(Number.MAX_SAFE_INTEGER)))],
+    ([header]) => {
+      const fast = Transmission.encodeExtendedHeaderFast(header.flags, header.type, header.cookie, header.offset, Number(header.length))
+      expect(Uint8Array.from(fast)).toEqual(Schema.encodeSync(Transmission.ExtendedReplyHeader)(header))
+    }
+  )
 
   it.prop("encodeSimpleReplyFast", [Schema.typeSchema(Transmission.SimpleReply)], ([reply]) => {
     expect(Uint8Array.from(Transmission.encodeSimpleReplyFast(reply.error, reply.cookie))).toEqual(

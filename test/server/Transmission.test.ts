@@ -22,13 +22,17 @@ const connect = (options: Parameters<typeof Client.connect>[1] = {}) =>
 const errnoOf = <A, R>(effect: Effect.Effect<A, Client.ClientError | import("../../src/Errors.ts").ProtocolError, R>) =>
   Effect.map(Effect.flip(effect), (e) => (e._tag === "ProtocolError" ? e.errno : e._tag))
 
-/** Runs the same checks with simple and with structured replies. */
-for (const structuredReplies of [false, true]) {
-  describe(`transmission with ${structuredReplies ? "structured" : "simple"} replies`, () => {
+/** Runs the same checks with simple replies, structured replies and extended headers. */
+for (const mode of ["simple", "structured", "extended"] as const) {
+  const structuredReplies = mode !== "simple"
+  const extendedHeaders = mode === "extended"
+  /** Raw WRITE requests carry PAYLOAD_LEN with extended headers. */
+  const payloadFlag = extendedHeaders ? CommandFlags.PAYLOAD_LEN : 0
+  describe(`transmission with ${mode === "extended" ? "extended headers" : `${mode} replies`}`, () => {
     it.layer(exportsOf(MemoryDriver.layer({ size: SIZE })))((it) => {
       it.scoped("writes then reads back, including across pages", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           const data = pattern(100_000, 7)
           yield* client.write(30_000, data)
           expectBytes(yield* client.read(30_000, data.length), data)
@@ -37,7 +41,7 @@ for (const structuredReplies of [false, true]) {
 
       it.scoped("FUA write, flush, trim and write-zeroes leave the expected bytes", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           yield* client.write(MiB, pattern(256 * 1024, 1), { flags: CommandFlags.FUA })
           yield* client.flush
           yield* client.trim(MiB, 64 * 1024)
@@ -52,7 +56,7 @@ for (const structuredReplies of [false, true]) {
 
       it.scoped("zero-length requests succeed", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           expect((yield* client.read(SIZE, 0)).length).toBe(0)
           yield* client.write(SIZE, new Uint8Array(0))
           yield* client.trim(0, 0)
@@ -60,23 +64,23 @@ for (const structuredReplies of [false, true]) {
 
       it.scoped("out-of-range requests: ENOSPC for writes, EINVAL otherwise; the connection stays usable", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           expect(yield* errnoOf(client.write(SIZE - 10, new Uint8Array(20)))).toBe("ENOSPC")
           expect(yield* errnoOf(client.writeZeroes(SIZE, 1))).toBe("ENOSPC")
           expect(yield* errnoOf(client.read(SIZE - 10, 20))).toBe("EINVAL")
           expect(yield* errnoOf(client.trim(SIZE + 1, 1))).toBe("EINVAL")
           expect(yield* errnoOf(client.request(Command.READ, 0, 2n ** 63n, 1))).toBe("EINVAL")
-          expect(yield* errnoOf(client.request(Command.WRITE, 0, 2n ** 64n - 1n, 4, new Uint8Array(4)))).toBe("ENOSPC")
+          expect(yield* errnoOf(client.request(Command.WRITE, payloadFlag, 2n ** 64n - 1n, 4, new Uint8Array(4)))).toBe("ENOSPC")
           yield* client.write(0, pattern(10, 3))
           expectBytes(yield* client.read(0, 10), pattern(10, 3))
         }))
 
       it.scoped("unknown commands and flags are EINVAL; payloads of rejected writes are skipped", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           expect(yield* errnoOf(client.request(42, 0, 0n, 0))).toBe("EINVAL")
           expect(yield* errnoOf(client.request(Command.READ, 0x8000, 0n, 512))).toBe("EINVAL")
-          expect(yield* errnoOf(client.request(Command.WRITE, CommandFlags.NO_HOLE, 0n, 8, pattern(8, 9)))).toBe("EINVAL")
+          expect(yield* errnoOf(client.request(Command.WRITE, CommandFlags.NO_HOLE | payloadFlag, 0n, 8, pattern(8, 9)))).toBe("EINVAL")
           expect(yield* errnoOf(client.request(Command.TRIM, CommandFlags.REQ_ONE, 0n, 512))).toBe("EINVAL")
           yield* client.write(512, pattern(512, 4))
           expectBytes(yield* client.read(512, 512), pattern(512, 4))
@@ -84,16 +88,16 @@ for (const structuredReplies of [false, true]) {
 
       it.scoped("a write larger than the maximum payload is discarded and answered EINVAL", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           const big = new Uint8Array(32 * MiB + 4096)
           big.fill(0xee)
-          expect(yield* errnoOf(client.request(Command.WRITE, 0, BigInt(16 * MiB), big.length, big))).toBe("EINVAL")
+          expect(yield* errnoOf(client.request(Command.WRITE, payloadFlag, BigInt(16 * MiB), big.length, big))).toBe("EINVAL")
           expectBytes(yield* client.read(16 * MiB, 4096), new Uint8Array(4096))
         }))
 
       it.scoped("pipelined requests complete and each reply matches its cookie", () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies, extendedHeaders })
           const blocks = Array.from({ length: 200 }, (_, i) => i)
           yield* Effect.forEach(blocks, (i) => client.write(i * 4096, pattern(4096, i)), { concurrency: "unbounded" })
           const back = yield* Effect.forEach(blocks, (i) => client.read(i * 4096, 4096), { concurrency: "unbounded" })
@@ -203,10 +207,10 @@ describe("transmission details", () => {
   }))
 
   it.layer(exportsOf(failing))((it) => {
-    for (const structuredReplies of [false, true]) {
-      it.scoped(`driver failures become the driver's errno (${structuredReplies ? "structured" : "simple"})`, () =>
+    for (const mode of ["simple", "structured", "extended"] as const) {
+      it.scoped(`driver failures become the driver's errno (${mode})`, () =>
         Effect.gen(function*() {
-          const client = yield* connect({ structuredReplies })
+          const client = yield* connect({ structuredReplies: mode !== "simple", extendedHeaders: mode === "extended" })
           expect(yield* errnoOf(client.read(0, 512))).toBe("EIO")
           expect(yield* errnoOf(client.write(0, pattern(512, 1)))).toBe("ENOSPC")
           expect(yield* errnoOf(client.flush)).toBe("EIO")
