@@ -31,6 +31,7 @@ import * as OptionData from "../protocol/OptionData.ts"
 import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
+import type { Shutdown } from "./Shutdown.ts"
 
 /** A meta context selected for block status, with the id the client was given. */
 export interface MetaContext {
@@ -62,8 +63,8 @@ export interface NegotiationContext {
   readonly reader: FrameReader
   readonly writer: FrameWriter
   readonly config: ServerConfig
-  /** True once the server is shutting down: options are answered ERR_SHUTDOWN. */
-  readonly isShuttingDown: () => boolean
+  /** Once triggered, options are answered ERR_SHUTDOWN. */
+  readonly shutdown: Shutdown
 }
 
 /** Id of `base:allocation` in SET_META_CONTEXT replies. */
@@ -252,7 +253,7 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         yield* reply(option, Reply.ACK)
         return { _tag: "Aborted" } as const
       }
-      if (ctx.isShuttingDown()) {
+      if (ctx.shutdown.isShuttingDown()) {
         yield* replyError(option, optionReplyError("SHUTDOWN", "the server is shutting down"))
         continue
       }

@@ -3,8 +3,9 @@
  * connection as a supervised fiber of `SocketServer.run`.
  *
  * Closing the layer's scope (interrupting the program, SIGINT/SIGTERM under
- * `NodeRuntime.runMain`) stops accepting connections, answers new requests and options
- * with ESHUTDOWN / ERR_SHUTDOWN, lets in-flight requests finish and closes every session.
+ * `NodeRuntime.runMain`) answers new requests and options with ESHUTDOWN / ERR_SHUTDOWN,
+ * lets in-flight requests finish, closes every session and the listener, and flushes
+ * every export's driver.
  *
  * @since 0.1.0
  */
@@ -15,9 +16,10 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import type { ExportRegistry } from "../Export.ts"
+import { ExportRegistry } from "../Export.ts"
 import * as ServerConfig from "./ServerConfig.ts"
 import * as Session from "./Session.ts"
+import * as Shutdown from "./Shutdown.ts"
 
 /** Where a server listens. */
 export type ListenOptions =
@@ -28,17 +30,35 @@ export type ListenOptions =
 export class NbdServer extends Context.Tag("effect-nbd/NbdServer")<NbdServer, {
   /** The address it listens on (the real port when port 0 was asked). */
   readonly address: SocketServer.Address
-  /** Connections served since start. */
+  /** Connections accepted since start. */
   readonly connections: Effect.Effect<number>
+  /** Begins a graceful shutdown without waiting for it (closing the layer's scope does both). */
+  readonly shutdown: Effect.Effect<void>
 }>() {}
+
+/** Counters and the shutdown signal shared by a server's sessions. */
+export interface ServerState {
+  readonly shutdown: Shutdown.Shutdown
+  /** Connections accepted since start. */
+  connections: number
+  /** Sessions running now. */
+  active: number
+}
+
+/** A fresh state. */
+export const makeState: Effect.Effect<ServerState> = Effect.map(Shutdown.make, (shutdown) => ({
+  shutdown,
+  connections: 0,
+  active: 0
+}))
 
 /**
  * Serves NBD on the `SocketServer` in context until interrupted. Each connection runs
  * `Session.run` over the raw Node.js socket.
  */
 export const serve = (
-  config: ServerConfig.ServerConfig = ServerConfig.defaults,
-  state: { shuttingDown: boolean; connections: number } = { shuttingDown: false, connections: 0 }
+  config: ServerConfig.ServerConfig,
+  state: ServerState
 ): Effect.Effect<never, SocketServer.SocketServerError, SocketServer.SocketServer | ExportRegistry> =>
   Effect.gen(function*() {
     const server = yield* SocketServer.SocketServer
@@ -46,40 +66,79 @@ export const serve = (
       Effect.flatMap(Effect.serviceOption(NodeSocket.NetSocket), (raw) => {
         if (Option.isNone(raw)) return Effect.dieMessage("NBD sessions need a Node.js socket server")
         const connectionId = ++state.connections
+        state.active++
         raw.value.setNoDelay(true)
         return Effect.zipRight(
           Effect.logDebug(`connection from ${raw.value.remoteAddress ?? "a local socket"}`),
-          Session.run(raw.value, { config, connectionId, isShuttingDown: () => state.shuttingDown })
-        ).pipe(Effect.annotateLogs({ connection: connectionId }))
+          Session.run(raw.value, { config, connectionId, shutdown: state.shutdown })
+        ).pipe(
+          Effect.ensuring(Effect.sync(() => state.active--)),
+          Effect.annotateLogs({ connection: connectionId })
+        )
       })
     )
   })
 
+/**
+ * Graceful shutdown: signal the sessions, wait (at most `shutdownGraceMillis`) for them
+ * to drain their in-flight requests and end; what is left is interrupted afterwards.
+ */
+const drain = (config: ServerConfig.ServerConfig, state: ServerState) =>
+  Effect.gen(function*() {
+    yield* state.shutdown.trigger
+    if (state.active > 0) yield* Effect.logInfo(`shutting down: ${state.active} session(s) finishing`)
+    // Finalizers are uninterruptible: the wait must be made interruptible for the timeout to cut it.
+    yield* Effect.sleep(10).pipe(
+      Effect.repeat({ until: () => state.active === 0 }),
+      Effect.interruptible,
+      Effect.timeout(config.shutdownGraceMillis),
+      Effect.catchTag("TimeoutException", () =>
+        Effect.logWarning(`closing ${state.active} session(s) still open after the grace period`))
+    )
+  })
+
+/** Flushes every export's driver, so that nothing acknowledged is left unwritten. */
+const flushAll = Effect.gen(function*() {
+  const registry = yield* ExportRegistry
+  const exports = yield* registry.list
+  yield* Effect.forEach(exports, (exp) =>
+    exp.driver.features.flush
+      ? exp.driver.flush.pipe(
+        Effect.catchAll((e) => Effect.logError(`flushing export '${exp.name}' at shutdown failed: ${e.message}`))
+      )
+      : Effect.void, { discard: true })
+})
+
 /** A layer running an NBD server for the exports in context, listening where told. */
 export const layer = (
   listen: ListenOptions,
-  config: Partial<ServerConfig.ServerConfig> = {}
+  options: Partial<ServerConfig.ServerConfig> = {}
 ): Layer.Layer<NbdServer, SocketServer.SocketServerError, ExportRegistry> =>
   Layer.scoped(
     NbdServer,
     Effect.gen(function*() {
+      const config = ServerConfig.make(options)
       const socketServer = yield* SocketServer.SocketServer
-      const state = { shuttingDown: false, connections: 0 }
-      yield* serve(ServerConfig.make(config), state).pipe(
+      const state = yield* makeState
+      // Finalizers run last-added first: drain sessions, stop the server, then flush drivers.
+      const exports = yield* ExportRegistry
+      yield* Effect.addFinalizer(() => Effect.provideService(flushAll, ExportRegistry, exports))
+      yield* serve(config, state).pipe(
         Effect.tapErrorCause((cause) => Effect.logError("NBD server failed", cause)),
         Effect.forkScoped
       )
-      yield* Effect.addFinalizer(() =>
-        Effect.sync(() => {
-          state.shuttingDown = true
-        })
-      )
+      yield* Effect.addFinalizer(() => drain(config, state))
       return NbdServer.of({
         address: socketServer.address,
-        connections: Effect.sync(() => state.connections)
+        connections: Effect.sync(() => state.connections),
+        shutdown: state.shutdown.trigger
       })
     })
-  ).pipe(Layer.provide(NodeSocketServer.layer("path" in listen ? { path: listen.path } : { host: listen.host ?? "127.0.0.1", port: listen.port })))
+  ).pipe(
+    Layer.provide(
+      NodeSocketServer.layer("path" in listen ? { path: listen.path } : { host: listen.host ?? "127.0.0.1", port: listen.port })
+    )
+  )
 
 /** The NBD URI of an address, for an export name. */
 export const uri = (address: SocketServer.Address, exportName = ""): string => {

@@ -24,6 +24,8 @@ export interface ServerConfig {
   readonly extendedHeaders: boolean
   /** How long a closing session waits for its in-flight requests, in milliseconds. */
   readonly drainTimeoutMillis: number
+  /** How long a shutting-down server waits for its sessions to end, in milliseconds. */
+  readonly shutdownGraceMillis: number
 }
 
 /** The defaults. */
@@ -36,7 +38,8 @@ export const defaults: ServerConfig = {
   readHighWaterMark: 4 * 1024 * 1024,
   writeHighWaterMark: 16 * 1024 * 1024,
   extendedHeaders: true,
-  drainTimeoutMillis: 30_000
+  drainTimeoutMillis: 30_000,
+  shutdownGraceMillis: 5_000
 }
 
 /** The defaults with some values replaced. */

@@ -14,6 +14,7 @@ import * as FrameReader from "../stream/FrameReader.ts"
 import * as Negotiation from "./Negotiation.ts"
 import * as FrameWriter from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
+import type { Shutdown } from "./Shutdown.ts"
 import * as Transmission from "./Transmission.ts"
 
 /** What a session needs besides its stream. */
@@ -21,19 +22,19 @@ export interface SessionOptions {
   readonly config: ServerConfig
   /** Identifies the connection in logs. */
   readonly connectionId: number
-  /** True once the server is shutting down. */
-  readonly isShuttingDown: () => boolean
+  /** The server's shutdown signal. */
+  readonly shutdown: Shutdown
 }
 
 /** Serves one client over a byte stream (a socket, a TLS socket, or an in-process pipe). */
 export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void, never, ExportRegistry> =>
   Effect.scoped(
     Effect.gen(function*() {
-      const { config, isShuttingDown } = options
+      const { config, shutdown } = options
       const reader = yield* FrameReader.make(stream, { highWaterMark: config.readHighWaterMark })
       const writer = FrameWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
       yield* Effect.addFinalizer(() => writer.end)
-      const outcome = yield* Negotiation.negotiate({ reader, writer, config, isShuttingDown })
+      const outcome = yield* Negotiation.negotiate({ reader, writer, config, shutdown })
       if (outcome._tag === "Aborted") {
         yield* Effect.logDebug("client aborted negotiation")
         return
@@ -44,7 +45,7 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
         `client selected export '${exp.name}' (${negotiated.size} bytes, ` +
           `${negotiated.structuredReplies ? "structured" : "simple"} replies)`
       )
-      yield* Transmission.serve({ reader, writer, config, negotiated, isShuttingDown }).pipe(
+      yield* Transmission.serve({ reader, writer, config, negotiated, shutdown }).pipe(
         Effect.ensuring(exp.driver.disconnect)
       )
       yield* Effect.logDebug("client disconnected")

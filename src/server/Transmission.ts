@@ -7,7 +7,7 @@
  * requests while too many reply bytes are queued. A rejected request is answered with
  * the errno the spec prescribes and the connection stays usable; a broken frame (bad
  * magic, an absurd payload) closes this connection only. On NBD_CMD_DISC, end of
- * stream or interruption, in-flight requests finish before the session ends.
+ * stream, shutdown or interruption, in-flight requests finish before the session ends.
  *
  * @since 0.1.0
  */
@@ -31,6 +31,7 @@ import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
 import type { Negotiated } from "./Negotiation.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
+import type { Shutdown } from "./Shutdown.ts"
 
 /** What the transmission phase needs. */
 export interface TransmissionContext {
@@ -38,8 +39,8 @@ export interface TransmissionContext {
   readonly writer: FrameWriter
   readonly config: ServerConfig
   readonly negotiated: Negotiated
-  /** True once the server is shutting down: new requests get ESHUTDOWN. */
-  readonly isShuttingDown: () => boolean
+  /** Once triggered, new requests get ESHUTDOWN and the session ends when in-flight requests are done. */
+  readonly shutdown: Shutdown
 }
 
 /** A decoded request, with offset and length as numbers (values past 2^53 are rejected). */
@@ -164,7 +165,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     /** The error a request gets before it reaches the driver, if any. */
     const check = (req: Request, size: number): ProtocolError | undefined => {
       const { type } = req
-      if (ctx.isShuttingDown()) return protocolError("ESHUTDOWN", "the server is shutting down")
+      if (ctx.shutdown.isShuttingDown()) return protocolError("ESHUTDOWN", "the server is shutting down")
       if (type > Command.RESIZE || type === Command.DISC) return protocolError("EINVAL", `unknown command ${type}`)
       const unknownFlags = req.flags & ~(allowedFlags(type, structured, extended) | fuaFlag)
       if (unknownFlags !== 0) {
@@ -273,7 +274,9 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       )
 
     // ---- the request loop ----------------------------------------------------------
+    // Interruptible so that the timeout also works where this runs as a finalizer.
     const awaitInFlight = FiberSet.awaitEmpty(inFlight).pipe(
+      Effect.interruptible,
       Effect.timeoutFail({
         duration: config.drainTimeoutMillis,
         onTimeout: () => "in-flight requests did not finish in time"
@@ -333,7 +336,9 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       }
     })
 
-    yield* loop.pipe(Effect.ensuring(awaitInFlight))
+    // On shutdown the loop goes on answering ESHUTDOWN until in-flight requests are done.
+    const drained = Effect.zipRight(ctx.shutdown.await, awaitInFlight)
+    yield* loop.pipe(Effect.raceFirst(drained), Effect.ensuring(awaitInFlight))
   }))
 
 /** Clips extents to the request and to the largest extent length; REQ_ONE keeps the first only. */

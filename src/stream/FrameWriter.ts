@@ -83,6 +83,7 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
   })
 
   const end = finished.pipe(
+    Effect.interruptible, // `end` runs as a finalizer: let the timeout cut the wait
     Effect.timeout(endTimeoutMillis),
     Effect.ignore,
     Effect.zipRight(Effect.sync(() => stream.destroy()))

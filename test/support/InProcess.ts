@@ -10,6 +10,7 @@ import { NbdDriver, type NbdDriverShape } from "../../src/Driver.ts"
 import * as Export from "../../src/Export.ts"
 import * as ServerConfig from "../../src/server/ServerConfig.ts"
 import * as Session from "../../src/server/Session.ts"
+import * as Shutdown from "../../src/server/Shutdown.ts"
 
 class End extends Duplex {
   peer!: End
@@ -57,7 +58,7 @@ export const serverStream = (
   Effect.gen(function*() {
     const [client, server] = duplexPair()
     yield* Effect.forkScoped(
-      Session.run(server, { config: ServerConfig.make(config), connectionId: 1, isShuttingDown: () => false })
+      Session.run(server, { config: ServerConfig.make(config), connectionId: 1, shutdown: Shutdown.never })
     )
     return client
   })
