@@ -14,10 +14,12 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import type { NbdDriverShape } from "../Driver.ts"
+import * as FileDriver from "../drivers/File.ts"
 import * as MemoryDriver from "../drivers/Memory.ts"
 import * as Export from "../Export.ts"
 import { DEFAULT_PORT } from "../protocol/Constants.ts"
 import * as Server from "../server/Server.ts"
+import { parseExportSpec } from "./ExportSpec.ts"
 import { formatSize, parseSize } from "./Size.ts"
 
 const port = Options.integer("port").pipe(
@@ -52,65 +54,125 @@ const verbose = Options.boolean("verbose").pipe(
   Options.withDescription("Log every connection and refused request")
 )
 
-const common = { port, host, socket, exportName, description, readOnly, verbose }
-type Common = {
+const listenOptions = { port, host, socket, verbose }
+type Listen = {
   readonly port: number
   readonly host: string
   readonly socket: Option.Option<string>
-  readonly exportName: string
-  readonly description: Option.Option<string>
-  readonly readOnly: boolean
   readonly verbose: boolean
 }
 
-/** Serves one export until interrupted, printing its URI. */
-const serveExport = (options: Common, driver: NbdDriverShape) => {
+const common = { ...listenOptions, exportName, description, readOnly }
+type Common = Listen & {
+  readonly exportName: string
+  readonly description: Option.Option<string>
+  readonly readOnly: boolean
+}
+
+const usageError = (message: string) => Effect.fail(new Error(message))
+
+/** Serves exports until interrupted, printing their URIs. */
+const serveExports = (options: Listen, exports: ReadonlyArray<Export.NbdExport>) => {
   const listen: Server.ListenOptions = Option.match(options.socket, {
     onNone: () => ({ host: options.host, port: options.port }),
     onSome: (path) => ({ path })
   })
-  const exports = Export.ExportRegistry.layer([
+  return Effect.gen(function*() {
+    const server = yield* Server.NbdServer
+    for (const exp of exports) {
+      yield* Console.log(
+        `effect-nbd: serving ${exp.driver.name} export${exp.readOnly ? " (read-only)" : ""} at ` +
+          Server.uri(server.address, exp.name)
+      )
+    }
+    return yield* Effect.never
+  }).pipe(
+    Effect.provide(Server.layer(listen).pipe(Layer.provide(Export.ExportRegistry.layer(exports)))),
+    Effect.catchTag("SocketServerError", (e) =>
+      usageError(
+        `cannot listen on ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`}: ` +
+          (e.cause instanceof Error ? e.cause.message : String(e.cause))
+      )),
+    Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info)
+  )
+}
+
+const memoryDriver = (size: number, description: string | undefined) =>
+  size > MemoryDriver.MAX_SIZE
+    ? usageError(`size ${size} exceeds the memory driver's maximum of ${MemoryDriver.MAX_SIZE} bytes`)
+    : MemoryDriver.make({ size, description: description ?? `${formatSize(size)} in-memory export` })
+
+const fileDriver = (path: string, readOnly: boolean, description: string | undefined) =>
+  FileDriver.make({ path, readOnly, description }).pipe(Effect.mapError((e) => new Error(e.message)))
+
+const single = (options: Common, driver: NbdDriverShape) =>
+  serveExports(options, [
     Export.make(driver, {
       name: options.exportName,
       description: Option.getOrUndefined(options.description),
       readOnly: options.readOnly
     })
   ])
-  return Effect.gen(function*() {
-    const server = yield* Server.NbdServer
-    yield* Console.log(`effect-nbd: serving ${driver.name} export at ${Server.uri(server.address, options.exportName)}`)
-    return yield* Effect.never
-  }).pipe(
-    Effect.provide(Server.layer(listen).pipe(Layer.provide(exports))),
-    Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info)
-  )
-}
 
 const memory = Command.make(
   "memory",
   {
     ...common,
-    size: Args.text({ name: "size" }).pipe(Args.withDescription("Export size, e.g. 1G, 512M, 1T (sparse: costs nothing until written)"))
+    size: Args.text({ name: "size" }).pipe(
+      Args.withDescription("Export size, e.g. 1G, 512M, 1T (sparse: costs nothing until written)")
+    )
   },
   (options) =>
     Effect.gen(function*() {
-      const size = yield* Either.match(parseSize(options.size), {
-        onLeft: (message) => Effect.fail(new Error(message)),
-        onRight: Effect.succeed
-      })
-      if (size > MemoryDriver.MAX_SIZE) return yield* Effect.fail(new Error(`size ${options.size} is too large`))
-      const driver = yield* MemoryDriver.make({
-        size,
-        description: Option.getOrElse(options.description, () => `${formatSize(size)} in-memory export`)
-      })
-      return yield* serveExport(options, driver)
+      const size = yield* Either.match(parseSize(options.size), { onLeft: usageError, onRight: Effect.succeed })
+      const driver = yield* memoryDriver(size, Option.getOrUndefined(options.description))
+      return yield* single(options, driver)
     })
 ).pipe(Command.withDescription("Serve a sparse in-memory export of the given size"))
+
+const file = Command.make(
+  "file",
+  { ...common, path: Args.file({ name: "path", exists: "yes" }).pipe(Args.withDescription("A regular file to export")) },
+  (options) =>
+    Effect.scoped(Effect.gen(function*() {
+      const driver = yield* fileDriver(options.path, options.readOnly, Option.getOrUndefined(options.description))
+      return yield* single(options, driver)
+    }))
+).pipe(Command.withDescription("Serve a regular file (multi-connection; FLUSH and FUA are fdatasync)"))
+
+const serve = Command.make(
+  "serve",
+  {
+    ...listenOptions,
+    exports: Args.text({ name: "export" }).pipe(
+      Args.atLeast(1),
+      Args.withDescription(
+        "NAME=DRIVER:ARGUMENT[,read-only][,description=TEXT], e.g. disk=file:/srv/disk.img scratch=memory:1T; " +
+          "the first export is also the default one"
+      )
+    )
+  },
+  (options) =>
+    Effect.scoped(Effect.gen(function*() {
+      const specs = yield* Effect.forEach(options.exports, (text) =>
+        Either.match(parseExportSpec(text), { onLeft: usageError, onRight: Effect.succeed }))
+      const names = new Set(specs.map((spec) => spec.name))
+      if (names.size !== specs.length) return yield* usageError("two exports have the same name")
+      const exports = yield* Effect.forEach(specs, (spec) =>
+        Effect.map(
+          spec.driver === "memory"
+            ? memoryDriver(spec.size, spec.description)
+            : fileDriver(spec.path, spec.readOnly, spec.description),
+          (driver) => Export.make(driver, { name: spec.name, description: spec.description, readOnly: spec.readOnly })
+        ))
+      return yield* serveExports(options, exports)
+    }))
+).pipe(Command.withDescription("Serve several exports, memory or file, from one server"))
 
 /** The root command. */
 export const command = Command.make("effect-nbd").pipe(
   Command.withDescription("A Network Block Device (NBD) server"),
-  Command.withSubcommands([memory])
+  Command.withSubcommands([memory, file, serve])
 )
 
 /** Runs the command line on `argv`. */

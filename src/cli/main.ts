@@ -5,7 +5,14 @@
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import { run } from "./Command.ts"
 
-run(process.argv).pipe(Effect.provide(NodeContext.layer), NodeRuntime.runMain({ disableErrorReporting: false }))
+run(process.argv).pipe(
+  // Usage and start-up errors are reported as one line; the command line's own
+  // validation errors were already printed with the help text.
+  Effect.tapError((error) => error instanceof Error ? Console.error(`effect-nbd: ${error.message}`) : Effect.void),
+  Effect.provide(NodeContext.layer),
+  NodeRuntime.runMain({ disableErrorReporting: true })
+)
