@@ -1,0 +1,75 @@
+import { describe, expect, it } from "@effect/vitest"
+import * as FastCheck from "effect/FastCheck"
+import { HOLE_ZERO } from "../../src/Driver.ts"
+import { PAGE_SIZE, SparseMemory } from "../../src/drivers/Memory.ts"
+import { expectBytes, pattern } from "../support/Bytes.ts"
+
+describe("sparse memory", () => {
+  it("allocates nothing until written, and a terabyte reads as zeroes", () => {
+    const store = new SparseMemory(1024 ** 4)
+    expectBytes(store.read(1024 ** 4 - 4096, 4096), new Uint8Array(4096))
+    expect(store.allocatedBytes).toBe(0)
+    expect(store.blockStatus(0, 1024 ** 4)).toEqual([{ length: 1024 ** 4, flags: HOLE_ZERO }])
+  })
+
+  it("behaves like a flat buffer under random writes, zeroes and trims", () => {
+    const size = 8 * PAGE_SIZE
+    FastCheck.assert(
+      FastCheck.property(
+        FastCheck.array(
+          FastCheck.tuple(
+            FastCheck.constantFrom("write", "zero", "zeroKeep", "trim"),
+            FastCheck.integer({ min: 0, max: size - 1 }),
+            FastCheck.integer({ min: 1, max: 3 * PAGE_SIZE }),
+            FastCheck.integer({ min: 0, max: 255 })
+          ),
+          { maxLength: 20 }
+        ),
+        (operations) => {
+          const store = new SparseMemory(size)
+          const model = new Uint8Array(size)
+          for (const [op, offset, rawLength, seed] of operations) {
+            const length = Math.min(rawLength, size - offset)
+            if (op === "write") {
+              const data = pattern(length, seed)
+              store.write(offset, data)
+              model.set(data, offset)
+            } else {
+              store.zero(offset, length, op === "zeroKeep")
+              model.fill(0, offset, offset + length)
+            }
+          }
+          expectBytes(store.read(0, size), model)
+          const extents = store.blockStatus(0, size)
+          expect(extents.reduce((n, e) => n + e.length, 0)).toBe(size)
+          let at = 0
+          for (const extent of extents) {
+            if (extent.flags === HOLE_ZERO) expectBytes(model.subarray(at, at + extent.length), new Uint8Array(extent.length))
+            at += extent.length
+          }
+        }
+      )
+    )
+  })
+
+  it("block status starts at an unaligned offset and merges runs", () => {
+    const store = new SparseMemory(16 * PAGE_SIZE)
+    store.write(2 * PAGE_SIZE, new Uint8Array(2 * PAGE_SIZE).fill(1))
+    expect(store.blockStatus(100, 6 * PAGE_SIZE)).toEqual([
+      { length: 2 * PAGE_SIZE - 100, flags: HOLE_ZERO },
+      { length: 2 * PAGE_SIZE, flags: 0 },
+      { length: 2 * PAGE_SIZE + 100, flags: HOLE_ZERO }
+    ])
+  })
+
+  it("shrinking drops pages and zeroes the tail, growing reads zeroes", () => {
+    const store = new SparseMemory(4 * PAGE_SIZE)
+    store.write(0, new Uint8Array(4 * PAGE_SIZE).fill(9))
+    store.resize(PAGE_SIZE + 10)
+    expect(store.pages.size).toBe(2)
+    store.resize(4 * PAGE_SIZE)
+    const back = store.read(0, 4 * PAGE_SIZE)
+    expect(back[PAGE_SIZE + 9]).toBe(9)
+    expectBytes(back.subarray(PAGE_SIZE + 10), new Uint8Array(3 * PAGE_SIZE - 10))
+  })
+})
