@@ -25,14 +25,12 @@ import {
   CommandFlags,
   Errno,
   EXTENDED_REPLY_MAGIC,
-  EXTENDED_REQUEST_MAGIC,
   HandshakeFlags,
   Info,
   Option as Opt,
   Reply,
   ReplyError,
   ReplyFlags,
-  REQUEST_MAGIC,
   SIMPLE_REPLY_MAGIC,
   STRUCTURED_REPLY_MAGIC
 } from "../protocol/Constants.ts"
@@ -428,26 +426,10 @@ const transmission = (
     const receiver = yield* Effect.forkScoped(receive)
 
     /** The request header, compact or extended. */
-    const requestHeader = (type: number, flags: number, cookie: bigint, offset: bigint, length: number) => {
-      if (extendedHeaders) {
-        const header = Buffer.allocUnsafe(Wire.EXTENDED_REQUEST_HEADER_SIZE)
-        header.writeUInt32BE(EXTENDED_REQUEST_MAGIC, 0)
-        header.writeUInt16BE(flags, 4)
-        header.writeUInt16BE(type, 6)
-        header.writeBigUInt64BE(cookie, 8)
-        header.writeBigUInt64BE(offset, 16)
-        header.writeBigUInt64BE(BigInt(length), 24)
-        return header
-      }
-      const header = Buffer.allocUnsafe(Wire.REQUEST_HEADER_SIZE)
-      header.writeUInt32BE(REQUEST_MAGIC, 0)
-      header.writeUInt16BE(flags, 4)
-      header.writeUInt16BE(type, 6)
-      header.writeBigUInt64BE(cookie, 8)
-      header.writeBigUInt64BE(offset, 16)
-      header.writeUInt32BE(length, 24)
-      return header
-    }
+    const requestHeader = (type: number, flags: number, cookie: bigint, offset: bigint, length: number) =>
+      extendedHeaders
+        ? Wire.encodeExtendedRequestHeaderFast(flags, type, cookie, offset, BigInt(length))
+        : Wire.encodeRequestHeaderFast(flags, type, cookie, offset, length)
 
     const request: NbdClient["request"] = (type, flags, offset, length, payload) =>
       Effect.suspend(() => {

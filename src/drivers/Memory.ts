@@ -39,47 +39,47 @@ export class SparseMemory {
     return this.pages.size * PAGE_SIZE
   }
 
-  read(offset: number, length: number): Uint8Array {
-    const out = Buffer.allocUnsafe(length)
+  /** Calls `f` for each page-sized piece of `[offset, offset + length)`, with `done` bytes before it. */
+  private static eachPage(
+    offset: number,
+    length: number,
+    f: (index: number, inPage: number, n: number, done: number) => void
+  ): void {
     let done = 0
     while (done < length) {
       const at = offset + done
       const index = Math.floor(at / PAGE_SIZE)
       const inPage = at - index * PAGE_SIZE
       const n = Math.min(PAGE_SIZE - inPage, length - done)
+      f(index, inPage, n, done)
+      done += n
+    }
+  }
+
+  read(offset: number, length: number): Uint8Array {
+    const out = Buffer.allocUnsafe(length)
+    SparseMemory.eachPage(offset, length, (index, inPage, n, done) => {
       const page = this.pages.get(index)
       if (page === undefined) out.fill(0, done, done + n)
       else out.set(page.subarray(inPage, inPage + n), done)
-      done += n
-    }
+    })
     return out
   }
 
   write(offset: number, data: Uint8Array): void {
-    let done = 0
-    while (done < data.length) {
-      const at = offset + done
-      const index = Math.floor(at / PAGE_SIZE)
-      const inPage = at - index * PAGE_SIZE
-      const n = Math.min(PAGE_SIZE - inPage, data.length - done)
+    SparseMemory.eachPage(offset, data.length, (index, inPage, n, done) => {
       let page = this.pages.get(index)
       if (page === undefined) {
         page = new Uint8Array(PAGE_SIZE)
         this.pages.set(index, page)
       }
       page.set(data.subarray(done, done + n), inPage)
-      done += n
-    }
+    })
   }
 
   /** Zeroes a range; whole pages are freed unless `keepAllocated`. */
   zero(offset: number, length: number, keepAllocated: boolean): void {
-    let done = 0
-    while (done < length) {
-      const at = offset + done
-      const index = Math.floor(at / PAGE_SIZE)
-      const inPage = at - index * PAGE_SIZE
-      const n = Math.min(PAGE_SIZE - inPage, length - done)
+    SparseMemory.eachPage(offset, length, (index, inPage, n) => {
       const page = this.pages.get(index)
       if (n === PAGE_SIZE && !keepAllocated) {
         this.pages.delete(index)
@@ -88,8 +88,7 @@ export class SparseMemory {
       } else if (keepAllocated) {
         this.pages.set(index, new Uint8Array(PAGE_SIZE))
       }
-      done += n
-    }
+    })
   }
 
   /**

@@ -39,6 +39,27 @@ export const decodeRequestHeaderFast = (view: DataView, at: number): RequestHead
   length: view.getUint32(at + 24)
 })
 
+/**
+ * Encodes a compact request header without Schema's machinery, for clients' hot path.
+ * A property test proves it equal to {@link RequestHeader}.
+ */
+export const encodeRequestHeaderFast = (
+  flags: number,
+  type: number,
+  cookie: bigint,
+  offset: bigint,
+  length: number
+): Buffer => {
+  const out = Buffer.allocUnsafe(REQUEST_HEADER_SIZE)
+  out.writeUInt32BE(REQUEST_MAGIC, 0)
+  out.writeUInt16BE(flags, 4)
+  out.writeUInt16BE(type, 6)
+  out.writeBigUInt64BE(cookie, 8)
+  out.writeBigUInt64BE(offset, 16)
+  out.writeUInt32BE(length, 24)
+  return out
+}
+
 /** Simple reply header (16 bytes); read data follows a successful simple READ reply. */
 export const SimpleReply = Binary.struct({
   magic: Binary.constant(Binary.u32, SIMPLE_REPLY_MAGIC, "simple reply magic"),
@@ -164,6 +185,27 @@ export const decodeExtendedRequestHeaderFast = (view: DataView, at: number): Ext
   offset: view.getBigUint64(at + 16),
   length: view.getBigUint64(at + 24)
 })
+
+/**
+ * Encodes an extended request header without Schema's machinery, for clients' hot path.
+ * A property test proves it equal to {@link ExtendedRequestHeader}.
+ */
+export const encodeExtendedRequestHeaderFast = (
+  flags: number,
+  type: number,
+  cookie: bigint,
+  offset: bigint,
+  length: bigint
+): Buffer => {
+  const out = Buffer.allocUnsafe(EXTENDED_REQUEST_HEADER_SIZE)
+  out.writeUInt32BE(EXTENDED_REQUEST_MAGIC, 0)
+  out.writeUInt16BE(flags, 4)
+  out.writeUInt16BE(type, 6)
+  out.writeBigUInt64BE(cookie, 8)
+  out.writeBigUInt64BE(offset, 16)
+  out.writeBigUInt64BE(length, 24)
+  return out
+}
 
 /** Extended reply chunk header (32 bytes, experimental extension); `length` bytes of payload follow. */
 export const ExtendedReplyHeader = Binary.struct({

@@ -29,6 +29,20 @@ export interface FrameWriterOptions {
   readonly endTimeoutMillis?: number | undefined
 }
 
+/** Completes on the first of `events` (listeners are removed either way); `then` runs once listening. */
+const firstEvent = (stream: Duplex, events: ReadonlyArray<string>, then?: () => void): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    const done = () => {
+      for (const event of events) stream.off(event, done)
+      resume(Effect.void)
+    }
+    for (const event of events) stream.on(event, done)
+    then?.()
+    return Effect.sync(() => {
+      for (const event of events) stream.off(event, done)
+    })
+  })
+
 /** Makes a frame writer over a stream. */
 export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWriter => {
   const highWaterMark = options.highWaterMark ?? 16 * 1024 * 1024
@@ -49,38 +63,17 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
       stream.uncork()
     })
 
-  const awaitDrain = Effect.suspend(() => {
-    if (!writable() || stream.writableLength <= highWaterMark) return Effect.void
-    return Effect.async<void>((resume) => {
-      const done = () => {
-        stream.off("drain", done)
-        stream.off("close", done)
-        resume(Effect.void)
-      }
-      stream.on("drain", done)
-      stream.on("close", done)
-      return Effect.sync(() => {
-        stream.off("drain", done)
-        stream.off("close", done)
-      })
-    })
-  })
+  const awaitDrain = Effect.suspend(() =>
+    !writable() || stream.writableLength <= highWaterMark ? Effect.void : firstEvent(stream, ["drain", "close"])
+  )
 
-  const finished = Effect.async<void>((resume) => {
-    if (stream.destroyed || stream.writableFinished) return resume(Effect.void)
-    const done = () => {
-      stream.off("finish", done)
-      stream.off("close", done)
-      resume(Effect.void)
-    }
-    stream.on("finish", done)
-    stream.on("close", done)
-    if (!stream.writableEnded) stream.end()
-    return Effect.sync(() => {
-      stream.off("finish", done)
-      stream.off("close", done)
-    })
-  })
+  const finished = Effect.suspend(() =>
+    stream.destroyed || stream.writableFinished
+      ? Effect.void
+      : firstEvent(stream, ["finish", "close"], () => {
+        if (!stream.writableEnded) stream.end()
+      })
+  )
 
   const end = finished.pipe(
     Effect.interruptible, // `end` runs as a finalizer: let the timeout cut the wait

@@ -150,6 +150,18 @@ describe("hot-path codecs equal the Schemas", () => {
     }
   )
 
+  it.prop("encodeRequestHeaderFast", [Schema.typeSchema(Transmission.RequestHeader)], ([h]) => {
+    expect(Uint8Array.from(Transmission.encodeRequestHeaderFast(h.flags, h.type, h.cookie, h.offset, h.length))).toEqual(
+      Schema.encodeSync(Transmission.RequestHeader)(h)
+    )
+  })
+
+  it.prop("encodeExtendedRequestHeaderFast", [Schema.typeSchema(Transmission.ExtendedRequestHeader)], ([h]) => {
+    expect(
+      Uint8Array.from(Transmission.encodeExtendedRequestHeaderFast(h.flags, h.type, h.cookie, h.offset, h.length))
+    ).toEqual(Schema.encodeSync(Transmission.ExtendedRequestHeader)(h))
+  })
+
   it.prop("encodeSimpleReplyFast", [Schema.typeSchema(Transmission.SimpleReply)], ([reply]) => {
     expect(Uint8Array.from(Transmission.encodeSimpleReplyFast(reply.error, reply.cookie))).toEqual(
       Schema.encodeSync(Transmission.SimpleReply)(reply)

@@ -7,6 +7,7 @@ import * as net from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Client from "../../src/client/NbdClient.ts"
 import { IHAVEOPT, Option, REQUEST_MAGIC, ReplyError } from "../../src/protocol/Constants.ts"
+import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 import * as TestServer from "../support/TestServer.ts"
 
@@ -68,13 +69,8 @@ const optionHeader = (option: number, length: number) => {
 }
 
 const requestHeader = (type: number, flags: number, cookie: bigint, offset: bigint, length: number, magic = REQUEST_MAGIC) => {
-  const b = Buffer.alloc(28)
+  const b = encodeRequestHeaderFast(flags, type, cookie, offset, length)
   b.writeUInt32BE(magic, 0)
-  b.writeUInt16BE(flags, 4)
-  b.writeUInt16BE(type, 6)
-  b.writeBigUInt64BE(cookie, 8)
-  b.writeBigUInt64BE(offset, 16)
-  b.writeUInt32BE(length, 24)
   return b
 }
 
