@@ -93,7 +93,9 @@ const serveExports = (options: Listen, exports: ReadonlyArray<Export.NbdExport>)
         `cannot listen on ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`}: ` +
           (e.cause instanceof Error ? e.cause.message : String(e.cause))
       )),
-    Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info)
+    Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info),
+    // Logs go to standard error; standard output carries only the URIs served.
+    Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true })))
   )
 }
 
@@ -132,7 +134,7 @@ const memory = Command.make(
 
 const file = Command.make(
   "file",
-  { ...common, path: Args.file({ name: "path", exists: "yes" }).pipe(Args.withDescription("A regular file to export")) },
+  { ...common, path: Args.text({ name: "path" }).pipe(Args.withDescription("A regular file to export")) },
   (options) =>
     Effect.scoped(Effect.gen(function*() {
       const driver = yield* fileDriver(options.path, options.readOnly, Option.getOrUndefined(options.description))

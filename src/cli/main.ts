@@ -10,9 +10,9 @@ import * as Effect from "effect/Effect"
 import { run } from "./Command.ts"
 
 run(process.argv).pipe(
-  // Usage and start-up errors are reported as one line; the command line's own
-  // validation errors were already printed with the help text.
+  // Usage and start-up errors are reported as one line; errors of the command line's own
+  // parsing (not instances of Error) were already printed by @effect/cli.
   Effect.tapError((error) => error instanceof Error ? Console.error(`effect-nbd: ${error.message}`) : Effect.void),
   Effect.provide(NodeContext.layer),
-  NodeRuntime.runMain({ disableErrorReporting: true })
+  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
 )

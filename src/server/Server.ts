@@ -140,10 +140,13 @@ export const layer = (
     )
   )
 
+/** Percent-encodes for a URI path or query value, keeping `/` readable. */
+const encodePath = (text: string): string => encodeURIComponent(text).replace(/%2F/g, "/")
+
 /** The NBD URI of an address, for an export name. */
 export const uri = (address: SocketServer.Address, exportName = ""): string => {
-  const name = encodeURIComponent(exportName).replace(/%2F/g, "/")
-  if (address._tag === "UnixAddress") return `nbd+unix:///${name}?socket=${address.path}`
+  const name = encodePath(exportName)
+  if (address._tag === "UnixAddress") return `nbd+unix:///${name}?socket=${encodePath(address.path)}`
   const host = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname
   return `nbd://${host}:${address.port}/${name}`
 }
