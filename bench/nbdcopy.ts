@@ -1,0 +1,69 @@
+/**
+ * nbdcopy runs between a local file of random data and an export, timed by
+ * wall clock. Export→local copies go to nbdcopy's `null:` sink with
+ * `--no-extents`, so every byte is read over NBD (even from nbdkit null).
+ */
+import { randomFillSync } from "node:crypto"
+import { rmSync } from "node:fs"
+import { open } from "node:fs/promises"
+import type { Outcome } from "./fio.ts"
+import { failure, runToCompletion } from "./proc.ts"
+
+/** Direction of a copy. */
+export type CopyDirection = "file-to-export" | "export-to-null"
+
+/** One nbdcopy run. */
+export interface CopyRun {
+  readonly id: string
+  readonly direction: CopyDirection
+  /** nbdcopy --connections and --threads (equal, since threads cap connections). */
+  readonly connections: number
+}
+
+/** The copies, in the order they run (file→export first, so the export then holds the random data). */
+export const COPIES: ReadonlyArray<CopyRun> = [
+  { id: "copy-in-1", direction: "file-to-export", connections: 1 },
+  { id: "copy-in-4", direction: "file-to-export", connections: 4 },
+  { id: "copy-out-1", direction: "export-to-null", connections: 1 },
+  { id: "copy-out-4", direction: "export-to-null", connections: 4 }
+]
+
+/** A timed copy. */
+export interface CopyResult {
+  readonly seconds: number
+  readonly mibPerSec: number
+}
+
+/** Writes `bytes` of random data to `path`, 16 MiB at a time (asynchronously, so signals are handled meanwhile). */
+export const createRandomFile = async (path: string, bytes: number): Promise<void> => {
+  const chunk = Buffer.allocUnsafe(16 * 2 ** 20)
+  const file = await open(path, "w")
+  try {
+    for (let written = 0; written < bytes; ) {
+      const length = Math.min(chunk.length, bytes - written)
+      randomFillSync(chunk, 0, length)
+      written += (await file.write(chunk, 0, length)).bytesWritten
+    }
+  } finally {
+    await file.close()
+  }
+}
+
+/** Removes the random file, ignoring a missing one. */
+export const removeFile = (path: string): void => rmSync(path, { force: true })
+
+/** nbdcopy's command line for a run. */
+export const nbdcopyArgs = (run: CopyRun, uri: string, file: string): Array<string> => {
+  const parallel = [`--connections=${run.connections}`, `--threads=${run.connections}`]
+  return run.direction === "file-to-export"
+    ? [...parallel, file, uri]
+    : [...parallel, "--no-extents", uri, "null:"]
+}
+
+/** Runs one copy of `bytes` (the file's and the export's size) and times it. */
+export const runCopy = async (run: CopyRun, uri: string, file: string, bytes: number): Promise<Outcome<CopyResult>> => {
+  const result = await runToCompletion("nbdcopy", nbdcopyArgs(run, uri, file), 300_000)
+  const failed = failure("nbdcopy", result)
+  if (failed !== undefined) return { ok: false, error: failed }
+  return { ok: true, value: { seconds: result.seconds, mibPerSec: bytes / 2 ** 20 / result.seconds } }
+}
