@@ -12,7 +12,8 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
-import * as FiberSet from "effect/FiberSet"
+import * as Fiber from "effect/Fiber"
+import * as Runtime from "effect/Runtime"
 import type { Extent, NbdDriverShape } from "../Driver.ts"
 import { type ProtocolError, protocolError, ProtocolViolation } from "../Errors.ts"
 import {
@@ -27,7 +28,7 @@ import {
   TransmissionFlags
 } from "../protocol/Constants.ts"
 import * as Wire from "../protocol/Transmission.ts"
-import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
+import { ConnectionClosed, type FrameReader } from "../stream/FrameReader.ts"
 import type { Negotiated } from "./Negotiation.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
@@ -82,10 +83,12 @@ const allowedFlags = (type: number, structured: boolean, extended: boolean): num
 
 const errorMessage = new TextEncoder()
 const EMPTY = new Uint8Array(0)
+/** Largest piece of a discarded payload taken from the buffer at once. */
+const SKIP_CHUNK = 1024 * 1024
 
 /** Runs the transmission phase until the client disconnects. */
 export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionClosed | ProtocolViolation> =>
-  Effect.scoped(Effect.gen(function*() {
+  Effect.gen(function*() {
     const { config, negotiated, reader, writer } = ctx
     const exp = negotiated.export
     const driver: NbdDriverShape = exp.driver
@@ -99,10 +102,6 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     const headerSize = extended ? Wire.EXTENDED_REQUEST_HEADER_SIZE : Wire.REQUEST_HEADER_SIZE
     const requestMagic = extended ? EXTENDED_REQUEST_MAGIC : REQUEST_MAGIC
 
-    const inFlight = yield* FiberSet.make<void, never>()
-    const slots = yield* Effect.makeSemaphore(config.maxInFlight)
-    const payloadBudget = yield* Effect.makeSemaphore(config.maxInFlightBytes)
-
     // ---- replies -------------------------------------------------------------------
     /** Where a chunk's payload starts in the buffer from {@link chunk}. */
     const at = extended ? Wire.EXTENDED_REPLY_HEADER_SIZE : Wire.STRUCTURED_REPLY_HEADER_SIZE
@@ -114,23 +113,23 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
 
     const sendError = (req: Request, error: ProtocolError) => {
       const errno = Errno[error.errno]
-      if (!structured) return writer.send([Wire.encodeSimpleReplyFast(errno, req.cookie)])
+      if (!structured) return writer.write([Wire.encodeSimpleReplyFast(errno, req.cookie)])
       const message = errorMessage.encode(error.message.slice(0, 1024))
       const header = chunk(req, true, ChunkType.ERROR, 6 + message.length, 6)
       header.writeUInt32BE(errno, at)
       header.writeUInt16BE(message.length, at + 4)
-      return writer.send([header, message])
+      return writer.write([header, message])
     }
 
     const sendOk = (req: Request) =>
-      writer.send([extended ? chunk(req, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, req.cookie)])
+      writer.write([extended ? chunk(req, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, req.cookie)])
 
     const sendRead = (req: Request, data: Uint8Array) => {
-      if (!structured) return writer.send([Wire.encodeSimpleReplyFast(0, req.cookie), data])
-      if (data.length === 0) return writer.send([chunk(req, true, ChunkType.NONE, 0)])
+      if (!structured) return writer.write([Wire.encodeSimpleReplyFast(0, req.cookie), data])
+      if (data.length === 0) return writer.write([chunk(req, true, ChunkType.NONE, 0)])
       const header = chunk(req, true, ChunkType.OFFSET_DATA, 8 + data.length, 8)
       header.writeBigUInt64BE(req.wireOffset, at)
-      return writer.send([header, data])
+      return writer.write([header, data])
     }
 
     const sendBlockStatus = (req: Request, extents: ReadonlyArray<Extent>) => {
@@ -158,12 +157,12 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
           chunks.push(header)
         }
       })
-      return writer.send(chunks)
+      return writer.write(chunks)
     }
 
     // ---- checks --------------------------------------------------------------------
-    /** The error a request gets before it reaches the driver, if any. */
-    const check = (req: Request, size: number): ProtocolError | undefined => {
+    /** The error a request gets before it reaches the driver, if any (all but the bounds). */
+    const check = (req: Request): ProtocolError | undefined => {
       const { type } = req
       if (ctx.shutdown.isShuttingDown()) return protocolError("ESHUTDOWN", "the server is shutting down")
       if (type > Command.RESIZE || type === Command.DISC) return protocolError("EINVAL", `unknown command ${type}`)
@@ -193,12 +192,6 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
             ? undefined
             : protocolError("EINVAL", `new size is not a multiple of ${blockSize.minimum}`)
       }
-      if (req.offset + req.length > size) {
-        return protocolError(
-          READ_LIKE.has(type) ? "EINVAL" : "ENOSPC",
-          `${commandName(type)} of ${req.length} bytes at ${req.offset} is beyond the export size ${size}`
-        )
-      }
       if (req.offset % blockSize.minimum !== 0 || req.length % blockSize.minimum !== 0) {
         return protocolError("EINVAL", `offset and length must be multiples of ${blockSize.minimum}`)
       }
@@ -211,135 +204,264 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       return undefined
     }
 
+    /** The error of a request that reaches past the end of the export. */
+    const checkBounds = (req: Request, size: number): ProtocolError | undefined =>
+      req.type !== Command.RESIZE && req.type !== Command.FLUSH && req.offset + req.length > size
+        ? protocolError(
+          READ_LIKE.has(req.type) ? "EINVAL" : "ENOSPC",
+          `${commandName(req.type)} of ${req.length} bytes at ${req.offset} is beyond the export size ${size}`
+        )
+        : undefined
+
     // ---- execution -----------------------------------------------------------------
     const fua = (req: Request) => (req.flags & CommandFlags.FUA) !== 0
     /** FUA on a driver without native FUA: follow the write with a flush. */
     const afterWrite = (req: Request) => fua(req) && !features.fua && features.flush ? driver.flush : Effect.void
+
+    const ok = (req: Request) => Effect.sync(() => sendOk(req))
 
     const execute = (req: Request, payload: Uint8Array): Effect.Effect<void, ProtocolError> => {
       switch (req.type) {
         case Command.READ:
           return Effect.flatMap(driver.read(req.offset, req.length), (data) =>
             data.length === req.length
-              ? sendRead(req, data)
+              ? Effect.sync(() => sendRead(req, data))
               : Effect.fail(protocolError("EIO", `driver returned ${data.length} bytes for a read of ${req.length}`)))
         case Command.WRITE:
           return driver.write(req.offset, payload, { fua: fua(req) }).pipe(
             Effect.zipRight(afterWrite(req)),
-            Effect.zipRight(sendOk(req))
+            Effect.zipRight(ok(req))
           )
         case Command.FLUSH:
-          return Effect.zipRight(driver.flush, sendOk(req))
+          return Effect.zipRight(driver.flush, ok(req))
         case Command.TRIM:
           return driver.trim(req.offset, req.length, { fua: fua(req) }).pipe(
             Effect.zipRight(afterWrite(req)),
-            Effect.zipRight(sendOk(req))
+            Effect.zipRight(ok(req))
           )
         case Command.WRITE_ZEROES:
           return driver.writeZeroes(req.offset, req.length, {
             fua: fua(req),
             noHole: (req.flags & CommandFlags.NO_HOLE) !== 0,
             fastZero: (req.flags & CommandFlags.FAST_ZERO) !== 0
-          }).pipe(Effect.zipRight(afterWrite(req)), Effect.zipRight(sendOk(req)))
+          }).pipe(Effect.zipRight(afterWrite(req)), Effect.zipRight(ok(req)))
         case Command.CACHE:
-          return Effect.zipRight(driver.cache(req.offset, req.length), sendOk(req))
+          return Effect.zipRight(driver.cache(req.offset, req.length), ok(req))
         case Command.BLOCK_STATUS:
           return Effect.flatMap(driver.blockStatus(req.offset, req.length), (extents) => {
             const fitted = fitExtents(extents, req, extended ? MAX_EXTENT_EXT : MAX_EXTENT)
             return fitted.length === 0
               ? Effect.fail(protocolError("EIO", "driver returned no extent"))
-              : sendBlockStatus(req, fitted)
+              : Effect.sync(() => sendBlockStatus(req, fitted))
           })
         case Command.RESIZE:
-          return Effect.zipRight(driver.resize(req.offset), sendOk(req))
+          return Effect.zipRight(driver.resize(req.offset), ok(req))
         default:
           return Effect.fail(protocolError("EINVAL", `unknown command ${req.type}`))
       }
     }
 
+    const failed = (req: Request, error: ProtocolError) =>
+      Effect.zipRight(
+        Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
+        Effect.sync(() => sendError(req, error))
+      )
+
+    /** Runs one checked request to its reply; never fails. */
     const handle = (req: Request, payload: Uint8Array): Effect.Effect<void> =>
-      execute(req, payload).pipe(
+      driver.size.pipe(
+        Effect.flatMap((size) => {
+          const outOfBounds = checkBounds(req, size)
+          return outOfBounds === undefined ? execute(req, payload) : Effect.fail(outOfBounds)
+        }),
         Effect.catchAllDefect((defect) =>
           Effect.zipRight(
             Effect.logError(`driver defect in ${commandName(req.type)}`, defect),
             Effect.fail(protocolError("EIO", "internal error in the driver"))
           )
         ),
-        Effect.catchAll((error) =>
-          Effect.zipRight(
-            Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
-            sendError(req, error)
-          )
-        )
+        Effect.catchAll((error) => failed(req, error))
       )
 
-    // ---- the request loop ----------------------------------------------------------
-    // Interruptible so that the timeout also works where this runs as a finalizer.
-    const awaitInFlight = FiberSet.awaitEmpty(inFlight).pipe(
-      Effect.interruptible,
-      Effect.timeoutFail({
-        duration: config.drainTimeoutMillis,
-        onTimeout: () => "in-flight requests did not finish in time"
-      }),
-      Effect.catchAll((message) => Effect.logWarning(message))
-    )
+    // ---- the request parser --------------------------------------------------------
+    // Requests are parsed synchronously as bytes arrive. Each is started at once as a
+    // fiber of its own (`Runtime.runFork` runs it synchronously until it suspends), so a
+    // driver that answers synchronously has replied before the next request is parsed,
+    // and one that suspends lets the parser go on: replies are sent as they complete.
+    const runtime = yield* Effect.runtime<never>()
+    const runFork = Runtime.runFork(runtime)
 
-    const loop = Effect.gen(function*() {
-      while (true) {
-        yield* writer.awaitDrain
-        const bytes = yield* reader.read(headerSize)
-        const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-        const magic = view.getUint32(0)
-        if (magic !== requestMagic) {
-          return yield* new ProtocolViolation({ message: `bad request magic 0x${magic.toString(16)}` })
-        }
-        const header = extended ? Wire.decodeExtendedRequestHeaderFast(view, 0) : Wire.decodeRequestHeaderFast(view, 0)
-        const req: Request = {
-          type: header.type,
-          flags: header.flags,
-          cookie: header.cookie,
-          wireOffset: header.offset,
-          offset: toNumber(header.offset),
-          length: typeof header.length === "bigint" ? toNumber(header.length) : header.length
-        }
+    return yield* Effect.async<void, ConnectionClosed | ProtocolViolation>((resume) => {
+      type State =
+        | { readonly _tag: "Header" }
+        | { readonly _tag: "Payload"; readonly req: Request }
+        | { readonly _tag: "Skip"; readonly req: Request; left: number; readonly error: ProtocolError }
+      let state: State = { _tag: "Header" }
+      let inFlight = 0
+      let payloadBytes = 0
+      let pumping = false
+      let waitingForCapacity = false
+      /** Set when no more requests are taken: the session ends once in-flight ones are done. */
+      let ending: Effect.Effect<void, ConnectionClosed | ProtocolViolation> | undefined
+      let drainTimer: ReturnType<typeof setTimeout> | undefined
+      let resumed = false
+      /** Shutdown began: requests are answered ESHUTDOWN, and the session ends when none is in flight. */
+      let draining = false
 
-        if (req.type === Command.DISC) return
-
-        // Bytes that follow the header: a compact WRITE's data, or any payload announced by PAYLOAD_LEN.
-        const payloadLength = extended
-          ? ((req.flags & CommandFlags.PAYLOAD_LEN) !== 0 ? req.length : 0)
-          : (req.type === Command.WRITE ? req.length : 0)
-        let payload: Uint8Array = EMPTY
-        let budget = 0
-        const size = yield* driver.size.pipe(Effect.orElseSucceed(() => negotiated.size))
-        const rejection = check(req, size)
-        if (payloadLength > 0) {
-          if (rejection !== undefined) {
-            if (payloadLength > Math.max(maxPayload, config.maxWriteDiscard)) {
-              return yield* new ProtocolViolation({ message: `request payload of ${payloadLength} bytes` })
-            }
-            yield* reader.skip(payloadLength)
-          } else {
-            budget = Math.min(payloadLength, config.maxInFlightBytes)
-            yield* payloadBudget.take(budget)
-            payload = yield* reader.read(payloadLength).pipe(Effect.onError(() => payloadBudget.release(budget)))
-          }
-        }
-        if (rejection !== undefined) {
-          yield* Effect.logDebug(`${commandName(req.type)} rejected: ${rejection.errno}: ${rejection.message}`)
-          yield* sendError(req, rejection)
-          continue
-        }
-        yield* slots.take(1)
-        const release = budget > 0 ? Effect.zipRight(slots.release(1), payloadBudget.release(budget)) : slots.release(1)
-        yield* FiberSet.run(inFlight, Effect.ensuring(handle(req, payload), release))
+      const finishIfDrained = () => {
+        if (ending === undefined || inFlight > 0 || resumed) return
+        resumed = true
+        if (drainTimer !== undefined) clearTimeout(drainTimer)
+        stopReading()
+        resume(ending)
       }
-    })
 
-    // On shutdown the loop goes on answering ESHUTDOWN until in-flight requests are done.
-    const drained = Effect.zipRight(ctx.shutdown.await, awaitInFlight)
-    yield* loop.pipe(Effect.raceFirst(drained), Effect.ensuring(awaitInFlight))
-  }))
+      const end = (result: Effect.Effect<void, ConnectionClosed | ProtocolViolation>) => {
+        if (ending !== undefined) return
+        ending = result
+        if (inFlight > 0) {
+          drainTimer = setTimeout(() => {
+            runFork(Effect.logWarning(`${inFlight} in-flight request(s) did not finish in time`))
+            inFlight = 0
+            finishIfDrained()
+          }, config.drainTimeoutMillis)
+        }
+        finishIfDrained()
+      }
+
+      const completed = (bytes: number) => {
+        inFlight--
+        payloadBytes -= bytes
+        if (draining && inFlight === 0) end(Effect.void)
+        if (waitingForCapacity) {
+          waitingForCapacity = false
+          pump()
+        }
+        finishIfDrained()
+      }
+
+      const dispatch = (req: Request, payload: Uint8Array) => {
+        inFlight++
+        payloadBytes += payload.length
+        const bytes = payload.length
+        runFork(Effect.ensuring(handle(req, payload), Effect.sync(() => completed(bytes))))
+      }
+
+      const reject = (req: Request, error: ProtocolError) => {
+        runFork(Effect.logDebug(`${commandName(req.type)} rejected: ${error.errno}: ${error.message}`))
+        sendError(req, error)
+      }
+
+      /** Waits for `n` more bytes, or ends the session if the stream is closed. */
+      const wantOrEnd = (n: number) => {
+        const closed = reader.closedReason()
+        if (closed === undefined) return reader.want(n)
+        const between = state._tag === "Header" && reader.buffered() === 0
+        end(Effect.fail(new ConnectionClosed({ reason: closed, missing: between ? 0 : n - reader.buffered() })))
+      }
+
+      const pump = (): void => {
+        if (pumping || ending !== undefined) return
+        pumping = true
+        try {
+          while (ending === undefined) {
+            if (inFlight >= config.maxInFlight) {
+              waitingForCapacity = true
+              return
+            }
+            if (writer.isFull()) return writer.onceDrained(pump)
+            if (state._tag === "Skip") {
+              const n = Math.min(state.left, reader.buffered(), SKIP_CHUNK)
+              if (n === 0) return wantOrEnd(Math.min(state.left, SKIP_CHUNK))
+              reader.tryRead(n)
+              state.left -= n
+              if (state.left === 0) {
+                reject(state.req, state.error)
+                state = { _tag: "Header" }
+              }
+              continue
+            }
+            if (state._tag === "Payload") {
+              const { req } = state
+              if (payloadBytes + req.length > config.maxInFlightBytes && inFlight > 0) {
+                waitingForCapacity = true
+                return
+              }
+              const payload = reader.tryRead(req.length)
+              if (payload === undefined) return wantOrEnd(req.length)
+              state = { _tag: "Header" }
+              dispatch(req, payload)
+              continue
+            }
+            const bytes = reader.tryRead(headerSize)
+            if (bytes === undefined) return wantOrEnd(headerSize)
+            const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+            const magic = view.getUint32(0)
+            if (magic !== requestMagic) {
+              return end(Effect.fail(new ProtocolViolation({ message: `bad request magic 0x${magic.toString(16)}` })))
+            }
+            const header = extended ? Wire.decodeExtendedRequestHeaderFast(view, 0) : Wire.decodeRequestHeaderFast(view, 0)
+            const req: Request = {
+              type: header.type,
+              flags: header.flags,
+              cookie: header.cookie,
+              wireOffset: header.offset,
+              offset: toNumber(header.offset),
+              length: typeof header.length === "bigint" ? toNumber(header.length) : header.length
+            }
+            if (req.type === Command.DISC) return end(Effect.void)
+            // Bytes that follow the header: a compact WRITE's data, or any payload announced by PAYLOAD_LEN.
+            const payloadLength = extended
+              ? ((req.flags & CommandFlags.PAYLOAD_LEN) !== 0 ? req.length : 0)
+              : (req.type === Command.WRITE ? req.length : 0)
+            const rejection = check(req)
+            if (rejection !== undefined && payloadLength > 0) {
+              if (payloadLength > Math.max(maxPayload, config.maxWriteDiscard)) {
+                return end(Effect.fail(new ProtocolViolation({ message: `request payload of ${payloadLength} bytes` })))
+              }
+              state = { _tag: "Skip", req, left: payloadLength, error: rejection }
+            } else if (rejection !== undefined) {
+              reject(req, rejection)
+            } else if (payloadLength > 0) {
+              state = { _tag: "Payload", req }
+            } else {
+              dispatch(req, EMPTY)
+            }
+          }
+        } finally {
+          pumping = false
+        }
+      }
+
+      const stopReading = reader.onReadable(pump)
+      // On shutdown, requests go on being answered ESHUTDOWN until in-flight ones are done.
+      const watcher = runFork(Effect.zipRight(
+        ctx.shutdown.await,
+        Effect.sync(() => {
+          draining = true
+          if (inFlight === 0) end(Effect.void)
+        })
+      ))
+      pump()
+
+      // Interrupted: take no more requests and let in-flight ones finish (bounded).
+      return Effect.suspend(() => {
+        stopReading()
+        ending ??= Effect.void
+        return Effect.zipRight(Fiber.interrupt(watcher), waitUntil(() => inFlight === 0, config.drainTimeoutMillis))
+      })
+    })
+  })
+
+/** Polls `condition` until it holds or `timeoutMillis` pass. */
+const waitUntil = (condition: () => boolean, timeoutMillis: number): Effect.Effect<void> =>
+  Effect.sleep(5).pipe(
+    Effect.repeat({ until: condition }),
+    Effect.when(() => !condition()),
+    Effect.interruptible,
+    Effect.timeout(timeoutMillis),
+    Effect.ignore
+  )
 
 /** Clips extents to the request and to the largest extent length; REQ_ONE keeps the first only. */
 const fitExtents = (extents: ReadonlyArray<Extent>, req: Request, maxExtent: number): Array<Extent> => {

@@ -28,6 +28,14 @@ export interface FrameReader {
   readonly skip: (n: number) => Effect.Effect<void, ConnectionClosed>
   /** Bytes received and not read yet. */
   readonly buffered: () => number
+  /** The next `n` bytes if they are buffered already, else `undefined` (for push-style parsers). */
+  readonly tryRead: (n: number) => Uint8Array | undefined
+  /** Declares that the consumer cannot progress before `n` bytes are buffered (keeps the stream flowing). */
+  readonly want: (n: number) => void
+  /** Calls `listener` whenever bytes arrive or the stream closes; returns a function that stops it. */
+  readonly onReadable: (listener: () => void) => () => void
+  /** Why the stream closed, once it has. */
+  readonly closedReason: () => string | undefined
   /** Stops listening to the stream (before handing it over, as for STARTTLS). */
   readonly detach: () => void
 }
@@ -59,6 +67,11 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
   let closed: string | undefined
   let waiter: Waiter | undefined
   let paused = false
+  let wanted = 0
+  const listeners = new Set<() => void>()
+  const notify = () => {
+    for (const listener of listeners) listener()
+  }
 
   const take = (n: number): Uint8Array => {
     if (n === 0) return EMPTY
@@ -90,14 +103,14 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
   }
 
   const pauseIfFull = () => {
-    if (!paused && total >= highWaterMark && (waiter === undefined || total >= waiter.n)) {
+    if (!paused && total >= Math.max(highWaterMark, wanted) && (waiter === undefined || total >= waiter.n)) {
       paused = true
       stream.pause()
     }
   }
 
   const resumeIfDrained = () => {
-    if (paused && (total < highWaterMark || waiter !== undefined)) {
+    if (paused && (total < Math.max(highWaterMark, wanted) || waiter !== undefined)) {
       paused = false
       stream.resume()
     }
@@ -113,6 +126,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
       w.resume(Effect.succeed(take(w.n)))
     }
     pauseIfFull()
+    notify()
   }
 
   const onClose = (reason: string) => () => {
@@ -123,6 +137,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
       waiter = undefined
       w.resume(Effect.fail(new ConnectionClosed({ reason, missing: w.n - total })))
     }
+    notify()
   }
   const onEnd = onClose("end of stream")
   const onStreamClose = onClose("connection closed")
@@ -164,12 +179,33 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
       }
     })
 
+  const tryRead = (n: number): Uint8Array | undefined => {
+    if (total < n) return undefined
+    wanted = 0
+    const out = take(n)
+    resumeIfDrained()
+    return out
+  }
+
+  const want = (n: number) => {
+    wanted = n
+    resumeIfDrained()
+  }
+
+  const onReadable = (listener: () => void) => {
+    listeners.add(listener)
+    return () => {
+      listeners.delete(listener)
+    }
+  }
+
   const detach = () => {
+    listeners.clear()
     stream.off("data", onData)
     stream.off("end", onEnd)
     stream.off("close", onStreamClose)
     stream.off("error", onError)
   }
 
-  return { read, skip, buffered: () => total, detach }
+  return { read, skip, buffered: () => total, tryRead, want, onReadable, closedReason: () => closed, detach }
 }

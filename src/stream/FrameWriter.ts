@@ -15,6 +15,12 @@ import type { Duplex } from "node:stream"
 export interface FrameWriter {
   /** Queues the chunks of one frame, in order and uninterrupted by other frames. */
   readonly send: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void>
+  /** {@link send}, as a plain function (for synchronous hot paths). */
+  readonly write: (chunks: ReadonlyArray<Uint8Array>) => void
+  /** True while more than the high-water mark of bytes is queued. */
+  readonly isFull: () => boolean
+  /** Calls `listener` once the queue drains below the high-water mark or the stream closes. */
+  readonly onceDrained: (listener: () => void) => void
   /** Waits while more than the high-water mark of reply bytes is queued. */
   readonly awaitDrain: Effect.Effect<void>
   /** Ends the stream once queued bytes are sent (or after a timeout), then closes it. */
@@ -49,23 +55,41 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
   const endTimeoutMillis = options.endTimeoutMillis ?? 5_000
   const writable = () => !stream.destroyed && !stream.writableEnded
 
-  const send = (chunks: ReadonlyArray<Uint8Array>) =>
-    Effect.sync(() => {
-      if (!writable()) return
-      if (chunks.length === 1) {
-        stream.write(chunks[0]!)
-        return
-      }
-      stream.cork()
-      for (const chunk of chunks) {
-        if (chunk.length > 0) stream.write(chunk)
-      }
-      stream.uncork()
-    })
+  // Frames written in the same tick are corked together and leave in one system call.
+  let corked = false
+  const uncork = () => {
+    corked = false
+    stream.uncork()
+  }
 
-  const awaitDrain = Effect.suspend(() =>
-    !writable() || stream.writableLength <= highWaterMark ? Effect.void : firstEvent(stream, ["drain", "close"])
-  )
+  const write = (chunks: ReadonlyArray<Uint8Array>) => {
+    if (!writable()) return
+    if (!corked) {
+      corked = true
+      stream.cork()
+      process.nextTick(uncork)
+    }
+    for (const chunk of chunks) {
+      if (chunk.length > 0) stream.write(chunk)
+    }
+  }
+
+  const send = (chunks: ReadonlyArray<Uint8Array>) => Effect.sync(() => write(chunks))
+
+  const isFull = () => writable() && stream.writableLength > highWaterMark
+
+  const onceDrained = (listener: () => void) => {
+    if (!isFull()) return listener()
+    const done = () => {
+      stream.off("drain", done)
+      stream.off("close", done)
+      listener()
+    }
+    stream.on("drain", done)
+    stream.on("close", done)
+  }
+
+  const awaitDrain = Effect.suspend(() => isFull() ? firstEvent(stream, ["drain", "close"]) : Effect.void)
 
   const finished = Effect.suspend(() =>
     stream.destroyed || stream.writableFinished
@@ -82,5 +106,5 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     Effect.zipRight(Effect.sync(() => stream.destroy()))
   )
 
-  return { send, awaitDrain, end }
+  return { send, write, isFull, onceDrained, awaitDrain, end }
 }
