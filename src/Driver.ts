@@ -76,6 +76,18 @@ export interface OpenRequest {
   readonly readOnly: boolean
 }
 
+/**
+ * Synchronous versions of the hottest operations, for drivers whose storage is in
+ * memory and cannot fail once a request passed the server's checks. The server uses
+ * them for READ and WRITE instead of starting a fiber per request; they must behave
+ * exactly like the Effect operations. A throw is a defect, answered EIO.
+ */
+export interface SyncOperations {
+  readonly size: () => number
+  readonly read: (offset: number, length: number) => Uint8Array
+  readonly write: (offset: number, data: Uint8Array) => void
+}
+
 /** The operations of a storage driver. Offsets and lengths are byte counts. */
 export interface NbdDriverShape {
   /** Name of the driver, for logs. */
@@ -103,6 +115,8 @@ export interface NbdDriverShape {
   readonly resize: (size: number) => Effect.Effect<void, ProtocolError>
   /** Called when a client's session on the export ends. */
   readonly disconnect: Effect.Effect<void>
+  /** Optional synchronous fast path (see {@link SyncOperations}). */
+  readonly sync?: SyncOperations | undefined
 }
 
 /** The storage driver service. */
@@ -175,7 +189,8 @@ export const make = (options: DriverOptions): NbdDriverShape => {
     cache: options.cache ?? (() => Effect.void),
     blockStatus: options.blockStatus ?? ((_, length) => Effect.succeed([{ length, flags: 0 }])),
     resize: options.resize ?? (() => Effect.fail(protocolError("EINVAL", "resize is not supported"))),
-    disconnect: options.disconnect ?? Effect.void
+    disconnect: options.disconnect ?? Effect.void,
+    sync: options.sync
   }
 }
 

@@ -156,6 +156,11 @@ export const fromStore = (store: SparseMemory, description?: string): Driver.Nbd
     trim: (offset, length) => Effect.sync(() => store.zero(offset, length, false)),
     writeZeroes: (offset, length, options) => Effect.sync(() => store.zero(offset, length, options.noHole)),
     blockStatus: (offset, length) => Effect.sync(() => store.blockStatus(offset, length)),
+    sync: {
+      size: () => store.size,
+      read: (offset, length) => store.read(offset, length),
+      write: (offset, data) => store.write(offset, data)
+    },
     resize: (size) =>
       size > MAX_SIZE
         ? Effect.fail(protocolError("ENOSPC", `size ${size} exceeds the memory driver's maximum ${MAX_SIZE}`))

@@ -14,7 +14,7 @@
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Runtime from "effect/Runtime"
-import type { Extent, NbdDriverShape } from "../Driver.ts"
+import type { Extent, NbdDriverShape, SyncOperations } from "../Driver.ts"
 import { type ProtocolError, protocolError, ProtocolViolation } from "../Errors.ts"
 import {
   ChunkType,
@@ -340,7 +340,28 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         finishIfDrained()
       }
 
+      /** READ and WRITE on a driver with synchronous operations: answered here, no fiber. */
+      const sync = driver.sync
+      const dispatchSync = (ops: SyncOperations, req: Request, payload: Uint8Array): boolean => {
+        const fuaByFlush = (req.flags & CommandFlags.FUA) !== 0 && !features.fua
+        if (fuaByFlush || (req.type !== Command.READ && req.type !== Command.WRITE)) return false
+        try {
+          const outOfBounds = checkBounds(req, ops.size())
+          if (outOfBounds !== undefined) sendError(req, outOfBounds)
+          else if (req.type === Command.READ) sendRead(req, ops.read(req.offset, req.length))
+          else {
+            ops.write(req.offset, payload)
+            sendOk(req)
+          }
+        } catch (defect) {
+          runFork(Effect.logError(`driver defect in ${commandName(req.type)}`, defect))
+          sendError(req, protocolError("EIO", "internal error in the driver"))
+        }
+        return true
+      }
+
       const dispatch = (req: Request, payload: Uint8Array) => {
+        if (sync !== undefined && dispatchSync(sync, req, payload)) return
         inFlight++
         payloadBytes += payload.length
         const bytes = payload.length
@@ -430,6 +451,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
           }
         } finally {
           pumping = false
+          writer.flush()
         }
       }
 

@@ -17,6 +17,8 @@ export interface FrameWriter {
   readonly send: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void>
   /** {@link send}, as a plain function (for synchronous hot paths). */
   readonly write: (chunks: ReadonlyArray<Uint8Array>) => void
+  /** Sends what was written in this tick now rather than at the end of the tick. */
+  readonly flush: () => void
   /** True while more than the high-water mark of bytes is queued. */
   readonly isFull: () => boolean
   /** Calls `listener` once the queue drains below the high-water mark or the stream closes. */
@@ -58,6 +60,7 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
   // Frames written in the same tick are corked together and leave in one system call.
   let corked = false
   const uncork = () => {
+    if (!corked) return
     corked = false
     stream.uncork()
   }
@@ -106,5 +109,5 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     Effect.zipRight(Effect.sync(() => stream.destroy()))
   )
 
-  return { send, write, isFull, onceDrained, awaitDrain, end }
+  return { send, write, flush: uncork, isFull, onceDrained, awaitDrain, end }
 }

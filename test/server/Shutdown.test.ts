@@ -25,6 +25,7 @@ describe("graceful shutdown", () => {
     let flushes = 0
     const driver = {
       ...memory,
+      sync: undefined, // every write must go through the gate
       write: (offset: number, data: Uint8Array, options: { readonly fua: boolean }) =>
         Effect.sync(() => writesStarted++).pipe(
           Effect.zipRight(Deferred.await(gate)),

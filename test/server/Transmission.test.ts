@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
@@ -22,14 +23,21 @@ const connect = (options: Parameters<typeof Client.connect>[1] = {}) =>
 const errnoOf = <A, R>(effect: Effect.Effect<A, Client.ClientError | import("../../src/Errors.ts").ProtocolError, R>) =>
   Effect.map(Effect.flip(effect), (e) => (e._tag === "ProtocolError" ? e.errno : e._tag))
 
-/** Runs the same checks with simple replies, structured replies and extended headers. */
-for (const mode of ["simple", "structured", "extended"] as const) {
+/** The memory driver with its synchronous fast path, and without it (every request a fiber). */
+const memoryVariants = {
+  sync: MemoryDriver.layer({ size: SIZE }),
+  effect: Layer.map(MemoryDriver.layer({ size: SIZE }), (ctx) =>
+    Context.make(Driver.NbdDriver, { ...Context.get(ctx, Driver.NbdDriver), sync: undefined }))
+}
+
+/** Runs the same checks with simple replies, structured replies and extended headers, on both paths. */
+for (const [path, memory] of Object.entries(memoryVariants)) for (const mode of ["simple", "structured", "extended"] as const) {
   const structuredReplies = mode !== "simple"
   const extendedHeaders = mode === "extended"
   /** Raw WRITE requests carry PAYLOAD_LEN with extended headers. */
   const payloadFlag = extendedHeaders ? CommandFlags.PAYLOAD_LEN : 0
-  describe(`transmission with ${mode === "extended" ? "extended headers" : `${mode} replies`}`, () => {
-    it.layer(exportsOf(MemoryDriver.layer({ size: SIZE })))((it) => {
+  describe(`transmission with ${mode === "extended" ? "extended headers" : `${mode} replies`} (${path} path)`, () => {
+    it.layer(exportsOf(memory))((it) => {
       it.scoped("writes then reads back, including across pages", () =>
         Effect.gen(function*() {
           const client = yield* connect({ structuredReplies, extendedHeaders })
@@ -115,6 +123,7 @@ describe("disconnect", () => {
   let started = 0
   const gated = driverLayer({
     ...memory,
+    sync: undefined, // every write must go through the gate
     write: (offset, data, options) =>
       Effect.sync(() => started++).pipe(Effect.zipRight(Deferred.await(gate)), Effect.zipRight(memory.write(offset, data, options)))
   })
