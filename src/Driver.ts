@@ -81,10 +81,15 @@ export interface OpenRequest {
  * memory and cannot fail once a request passed the server's checks. The server uses
  * them for READ and WRITE instead of starting a fiber per request; they must behave
  * exactly like the Effect operations. A throw is a defect, answered EIO.
+ *
+ * `read` returns the bytes as pieces that may be views of the driver's storage (no
+ * copy): they are queued for sending at once, and the spec leaves the result of a
+ * write that overlaps an unanswered read undefined. `write` may be called once per
+ * received piece of a payload (never concatenated).
  */
 export interface SyncOperations {
   readonly size: () => number
-  readonly read: (offset: number, length: number) => Uint8Array
+  readonly read: (offset: number, length: number) => ReadonlyArray<Uint8Array>
   readonly write: (offset: number, data: Uint8Array) => void
 }
 

@@ -15,6 +15,9 @@ import { protocolError } from "../Errors.ts"
 /** Allocation granularity in bytes. */
 export const PAGE_SIZE = 32 * 1024
 
+/** A page of zeroes, shared by every read of a hole (never written). */
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE)
+
 /** Largest export size: offsets stay exact JavaScript numbers. */
 export const MAX_SIZE = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % PAGE_SIZE)
 
@@ -62,6 +65,16 @@ export class SparseMemory {
       const page = this.pages.get(index)
       if (page === undefined) out.fill(0, done, done + n)
       else out.set(page.subarray(inPage, inPage + n), done)
+    })
+    return out
+  }
+
+  /** The bytes of a range as views of the pages (and of shared zeroes for holes): no copy. */
+  views(offset: number, length: number): Array<Uint8Array> {
+    const out: Array<Uint8Array> = []
+    SparseMemory.eachPage(offset, length, (index, inPage, n) => {
+      const page = this.pages.get(index)
+      out.push(page === undefined ? ZERO_PAGE.subarray(0, n) : page.subarray(inPage, inPage + n))
     })
     return out
   }
@@ -158,7 +171,7 @@ export const fromStore = (store: SparseMemory, description?: string): Driver.Nbd
     blockStatus: (offset, length) => Effect.sync(() => store.blockStatus(offset, length)),
     sync: {
       size: () => store.size,
-      read: (offset, length) => store.read(offset, length),
+      read: (offset, length) => store.views(offset, length),
       write: (offset, data) => store.write(offset, data)
     },
     resize: (size) =>

@@ -82,7 +82,7 @@ const allowedFlags = (type: number, structured: boolean, extended: boolean): num
 }
 
 const errorMessage = new TextEncoder()
-const EMPTY = new Uint8Array(0)
+const NO_PAYLOAD: ReadonlyArray<Uint8Array> = [new Uint8Array(0)]
 /** Largest piece of a discarded payload taken from the buffer at once. */
 const SKIP_CHUNK = 1024 * 1024
 
@@ -124,12 +124,13 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     const sendOk = (req: Request) =>
       writer.write([extended ? chunk(req, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, req.cookie)])
 
-    const sendRead = (req: Request, data: Uint8Array) => {
-      if (!structured) return writer.write([Wire.encodeSimpleReplyFast(0, req.cookie), data])
-      if (data.length === 0) return writer.write([chunk(req, true, ChunkType.NONE, 0)])
-      const header = chunk(req, true, ChunkType.OFFSET_DATA, 8 + data.length, 8)
+    /** A successful READ reply carrying `req.length` bytes, given as one or more pieces. */
+    const sendRead = (req: Request, data: ReadonlyArray<Uint8Array>) => {
+      if (!structured) return writer.write([Wire.encodeSimpleReplyFast(0, req.cookie), ...data])
+      if (req.length === 0) return writer.write([chunk(req, true, ChunkType.NONE, 0)])
+      const header = chunk(req, true, ChunkType.OFFSET_DATA, 8 + req.length, 8)
       header.writeBigUInt64BE(req.wireOffset, at)
-      return writer.write([header, data])
+      return writer.write([header, ...data])
     }
 
     const sendBlockStatus = (req: Request, extents: ReadonlyArray<Extent>) => {
@@ -225,7 +226,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         case Command.READ:
           return Effect.flatMap(driver.read(req.offset, req.length), (data) =>
             data.length === req.length
-              ? Effect.sync(() => sendRead(req, data))
+              ? Effect.sync(() => sendRead(req, [data]))
               : Effect.fail(protocolError("EIO", `driver returned ${data.length} bytes for a read of ${req.length}`)))
         case Command.WRITE:
           return driver.write(req.offset, payload, { fua: fua(req) }).pipe(
@@ -342,7 +343,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
 
       /** READ and WRITE on a driver with synchronous operations: answered here, no fiber. */
       const sync = driver.sync
-      const dispatchSync = (ops: SyncOperations, req: Request, payload: Uint8Array): boolean => {
+      const dispatchSync = (ops: SyncOperations, req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
         const fuaByFlush = (req.flags & CommandFlags.FUA) !== 0 && !features.fua
         if (fuaByFlush || (req.type !== Command.READ && req.type !== Command.WRITE)) return false
         try {
@@ -350,7 +351,11 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
           if (outOfBounds !== undefined) sendError(req, outOfBounds)
           else if (req.type === Command.READ) sendRead(req, ops.read(req.offset, req.length))
           else {
-            ops.write(req.offset, payload)
+            let at = req.offset
+            for (const piece of payload) {
+              ops.write(at, piece)
+              at += piece.length
+            }
             sendOk(req)
           }
         } catch (defect) {
@@ -360,8 +365,9 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         return true
       }
 
-      const dispatch = (req: Request, payload: Uint8Array) => {
-        if (sync !== undefined && dispatchSync(sync, req, payload)) return
+      const dispatch = (req: Request, pieces: ReadonlyArray<Uint8Array>) => {
+        if (sync !== undefined && dispatchSync(sync, req, pieces)) return
+        const payload = pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces)
         inFlight++
         payloadBytes += payload.length
         const bytes = payload.length
@@ -408,7 +414,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
                 waitingForCapacity = true
                 return
               }
-              const payload = reader.tryRead(req.length)
+              const payload = reader.tryReadChunks(req.length)
               if (payload === undefined) return wantOrEnd(req.length)
               state = { _tag: "Header" }
               dispatch(req, payload)
@@ -446,7 +452,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
             } else if (payloadLength > 0) {
               state = { _tag: "Payload", req }
             } else {
-              dispatch(req, EMPTY)
+              dispatch(req, NO_PAYLOAD)
             }
           }
         } finally {

@@ -30,6 +30,8 @@ export interface FrameReader {
   readonly buffered: () => number
   /** The next `n` bytes if they are buffered already, else `undefined` (for push-style parsers). */
   readonly tryRead: (n: number) => Uint8Array | undefined
+  /** {@link tryRead} as the received pieces (views, never copied). */
+  readonly tryReadChunks: (n: number) => ReadonlyArray<Uint8Array> | undefined
   /** Declares that the consumer cannot progress before `n` bytes are buffered (keeps the stream flowing). */
   readonly want: (n: number) => void
   /** Calls `listener` whenever bytes arrive or the stream closes; returns a function that stops it. */
@@ -187,6 +189,27 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     return out
   }
 
+  const tryReadChunks = (n: number): ReadonlyArray<Uint8Array> | undefined => {
+    if (total < n) return undefined
+    wanted = 0
+    total -= n
+    const out: Array<Uint8Array> = []
+    let left = n
+    while (left > 0) {
+      const chunk = chunks[0]!
+      const m = Math.min(chunk.length - head, left)
+      out.push(chunk.subarray(head, head + m))
+      left -= m
+      head += m
+      if (head === chunk.length) {
+        chunks.shift()
+        head = 0
+      }
+    }
+    resumeIfDrained()
+    return out
+  }
+
   const want = (n: number) => {
     wanted = n
     resumeIfDrained()
@@ -207,5 +230,5 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     stream.off("error", onError)
   }
 
-  return { read, skip, buffered: () => total, tryRead, want, onReadable, closedReason: () => closed, detach }
+  return { read, skip, buffered: () => total, tryRead, tryReadChunks, want, onReadable, closedReason: () => closed, detach }
 }
