@@ -81,15 +81,22 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
 
   const isFull = () => writable() && stream.writableLength > highWaterMark
 
+  // Waiters for the queue to drain: one pair of stream listeners however often they ask.
+  const drainWaiters = new Set<() => void>()
+  const drained = () => {
+    stream.off("drain", drained)
+    stream.off("close", drained)
+    const waiters = [...drainWaiters]
+    drainWaiters.clear()
+    for (const waiter of waiters) waiter()
+  }
   const onceDrained = (listener: () => void) => {
     if (!isFull()) return listener()
-    const done = () => {
-      stream.off("drain", done)
-      stream.off("close", done)
-      listener()
+    if (drainWaiters.size === 0) {
+      stream.on("drain", drained)
+      stream.on("close", drained)
     }
-    stream.on("drain", done)
-    stream.on("close", done)
+    drainWaiters.add(listener)
   }
 
   const awaitDrain = Effect.suspend(() => isFull() ? firstEvent(stream, ["drain", "close"]) : Effect.void)

@@ -18,11 +18,13 @@ const KNOWN = pattern(64 * 1024, 42)
 const rawConnect = async () => {
   const socket = net.connect(server.port, "127.0.0.1")
   const received: Array<Buffer> = []
+  let receivedLength = 0
   let closed = false
   const waiters: Array<() => void> = []
   const notify = () => waiters.splice(0).forEach((w) => w())
   socket.on("data", (chunk) => {
     received.push(chunk)
+    receivedLength += chunk.length
     notify()
   })
   socket.on("close", () => {
@@ -48,7 +50,7 @@ const rawConnect = async () => {
     bytes,
     write: (data: Uint8Array) => socket.write(data),
     /** Waits until at least `n` bytes have arrived. */
-    receive: (n: number) => until(() => bytes().length >= n, `${n} bytes`),
+    receive: (n: number, ms?: number) => until(() => receivedLength >= n, `${n} bytes`, ms),
     /** Waits for the server to close the connection. */
     closed: () => until(() => closed, "the server to close the connection")
   }
@@ -235,5 +237,40 @@ describe("bad input over a raw socket", () => {
     c.socket.destroy()
     await c.closed()
     await freshClientReadsKnownData()
+  })
+})
+
+describe("backpressure", () => {
+  it("a client that does not read its replies: the server stops taking requests, memory stays bounded, then all replies arrive", async () => {
+    const warnings: Array<string> = []
+    const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`)
+    process.on("warning", onWarning)
+    try {
+      const c = await rawTransmission()
+      c.socket.pause()
+      const count = 2000
+      const length = 65536
+      const before = process.memoryUsage().arrayBuffers
+      for (let i = 0; i < count; i++) c.write(requestHeader(0, 0, BigInt(i), 1024n * 1024n, length))
+      await new Promise((resolve) => setTimeout(resolve, 1500))
+      const grown = process.memoryUsage().arrayBuffers - before
+      // 128 MiB of replies were asked for; the server holds back once ~16 MiB are queued.
+      expect(grown).toBeLessThan(64 * 1024 * 1024)
+      c.socket.resume()
+      const total = 28 + count * (16 + length)
+      await c.receive(total, 30_000)
+      const replies = c.bytes().subarray(28)
+      const seen = new Set<bigint>()
+      for (let at = 0; at < replies.length; at += 16 + length) {
+        expect(replies.readUInt32BE(at + 4)).toBe(0)
+        seen.add(replies.readBigUInt64BE(at + 8))
+        if (seen.size === 1) expectBytes(replies.subarray(at + 16, at + 16 + 16), KNOWN.subarray(0, 16))
+      }
+      expect(seen.size).toBe(count)
+      c.socket.destroy()
+      expect(warnings.filter((w) => w.includes("MaxListeners"))).toEqual([])
+    } finally {
+      process.off("warning", onWarning)
+    }
   })
 })
