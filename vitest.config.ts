@@ -5,6 +5,8 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    pool: "forks"
+    pool: "forks",
+    // Memory-bound tests force a collection before measuring what is really held.
+    poolOptions: { forks: { execArgv: ["--expose-gc"] } }
   }
 })
