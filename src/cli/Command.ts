@@ -19,6 +19,7 @@ import * as MemoryDriver from "../drivers/Memory.ts"
 import * as Export from "../Export.ts"
 import { DEFAULT_PORT } from "../protocol/Constants.ts"
 import * as Server from "../server/Server.ts"
+import * as Tls from "../server/Tls.ts"
 import { parseExportSpec } from "./ExportSpec.ts"
 import { formatSize, parseSize } from "./Size.ts"
 
@@ -54,12 +55,27 @@ const verbose = Options.boolean("verbose").pipe(
   Options.withDescription("Log every connection and refused request")
 )
 
-const listenOptions = { port, host, socket, verbose }
+const tlsMode = Options.choice("tls", ["off", "on", "require"]).pipe(
+  Options.withDefault("off" as const),
+  Options.withDescription("STARTTLS: off, on (clients may upgrade) or require (clients must upgrade before anything else)")
+)
+const tlsCertificates = Options.directory("tls-certificates", { exists: "yes" }).pipe(
+  Options.optional,
+  Options.withDescription("Directory with server-cert.pem, server-key.pem and optionally ca-cert.pem (nbdkit's layout)")
+)
+const tlsVerifyPeer = Options.boolean("tls-verify-peer").pipe(
+  Options.withDescription("Require client certificates signed by ca-cert.pem")
+)
+
+const listenOptions = { port, host, socket, verbose, tlsMode, tlsCertificates, tlsVerifyPeer }
 type Listen = {
   readonly port: number
   readonly host: string
   readonly socket: Option.Option<string>
   readonly verbose: boolean
+  readonly tlsMode: "off" | "on" | "require"
+  readonly tlsCertificates: Option.Option<string>
+  readonly tlsVerifyPeer: boolean
 }
 
 const common = { ...listenOptions, exportName, description, readOnly }
@@ -71,6 +87,17 @@ type Common = Listen & {
 
 const usageError = (message: string) => Effect.fail(new Error(message))
 
+/** The TLS settings of the command line, loaded. */
+const tlsConfig = (options: Listen) =>
+  Effect.gen(function*() {
+    if (options.tlsMode === "off") {
+      if (Option.isSome(options.tlsCertificates)) return yield* usageError("--tls-certificates needs --tls on or --tls require")
+      return undefined
+    }
+    if (Option.isNone(options.tlsCertificates)) return yield* usageError(`--tls ${options.tlsMode} needs --tls-certificates DIR`)
+    return yield* Tls.loadCertificates(options.tlsCertificates.value, options.tlsMode, options.tlsVerifyPeer)
+  })
+
 /** Serves exports until interrupted, printing their URIs. */
 const serveExports = (options: Listen, exports: ReadonlyArray<Export.NbdExport>) => {
   const listen: Server.ListenOptions = Option.match(options.socket, {
@@ -78,21 +105,25 @@ const serveExports = (options: Listen, exports: ReadonlyArray<Export.NbdExport>)
     onSome: (path) => ({ path })
   })
   return Effect.gen(function*() {
-    const server = yield* Server.NbdServer
-    for (const exp of exports) {
-      yield* Console.log(
-        `effect-nbd: serving ${exp.driver.name} export${exp.readOnly ? " (read-only)" : ""} at ` +
-          Server.uri(server.address, exp.name)
-      )
-    }
-    return yield* Effect.never
+    const tls = yield* tlsConfig(options)
+    return yield* Effect.gen(function*() {
+      const server = yield* Server.NbdServer
+      for (const exp of exports) {
+        yield* Console.log(
+          `effect-nbd: serving ${exp.driver.name} export${exp.readOnly ? " (read-only)" : ""} at ` +
+            Server.uri(server.address, exp.name, { tls: tls?.mode === "require" })
+        )
+      }
+      return yield* Effect.never
+    }).pipe(
+      Effect.provide(Server.layer(listen, { tls }).pipe(Layer.provide(Export.ExportRegistry.layer(exports)))),
+      Effect.catchTag("SocketServerError", (e) =>
+        usageError(
+          `cannot listen on ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`}: ` +
+            (e.cause instanceof Error ? e.cause.message : String(e.cause))
+        ))
+    )
   }).pipe(
-    Effect.provide(Server.layer(listen).pipe(Layer.provide(Export.ExportRegistry.layer(exports)))),
-    Effect.catchTag("SocketServerError", (e) =>
-      usageError(
-        `cannot listen on ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`}: ` +
-          (e.cause instanceof Error ? e.cause.message : String(e.cause))
-      )),
     Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info),
     // Logs go to standard error; standard output carries only the URIs served.
     Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true })))

@@ -14,8 +14,9 @@ import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Schema from "effect/Schema"
-import type * as Scope from "effect/Scope"
+import * as Scope from "effect/Scope"
 import type { Duplex } from "node:stream"
+import * as tls from "node:tls"
 import type { Extent } from "../Driver.ts"
 import { type ErrnoName, ProtocolError } from "../Errors.ts"
 import {
@@ -93,6 +94,11 @@ export interface OptionSession {
   readonly go: (exportName: string, requests?: ReadonlyArray<number>) => Effect.Effect<NbdClient, ClientError | OptionRefused, Scope.Scope>
   /** NBD_OPT_ABORT, then the connection is closed. */
   readonly abort: Effect.Effect<void, ClientError>
+  /**
+   * NBD_OPT_STARTTLS, then the TLS handshake over the same connection; what was
+   * negotiated before is forgotten, and options go on encrypted.
+   */
+  readonly startTls: (options: tls.ConnectionOptions) => Effect.Effect<void, ClientError | OptionRefused>
 }
 
 /** Options of a command. */
@@ -152,9 +158,10 @@ export const handshake = (
   options: { readonly noZeroes?: boolean } = {}
 ): Effect.Effect<OptionSession, ClientError, Scope.Scope> =>
   Effect.gen(function*() {
-    const reader = yield* FrameReader.make(stream)
-    const writer = FrameWriter.make(stream)
-    yield* Effect.addFinalizer(() => writer.end)
+    const scope = yield* Effect.scope
+    let reader = yield* FrameReader.make(stream)
+    let writer = FrameWriter.make(stream)
+    yield* Effect.addFinalizer(() => Effect.suspend(() => writer.end))
     const read = (n: number) => Effect.mapError(reader.read(n), closed)
 
     const greeting = yield* decodeOrFail(Handshake.Greeting, yield* read(18), "greeting")
@@ -271,7 +278,24 @@ export const handshake = (
           const info = yield* Effect.flatMap(expectAck(Opt.GO, infoRequest(exportName, requests)), infoFrom)
           return yield* transmission(reader, writer, info, structured, extended, metaContexts)
         }),
-      abort: Effect.asVoid(option(Opt.ABORT))
+      abort: Effect.asVoid(option(Opt.ABORT)),
+      startTls: (options) =>
+        Effect.gen(function*() {
+          yield* expectAck(Opt.STARTTLS)
+          reader.detach()
+          stream.pause()
+          const secure = yield* Effect.async<tls.TLSSocket, ClientError>((resume) => {
+            const socket = tls.connect({ ...options, socket: stream })
+            socket.once("secureConnect", () => resume(Effect.succeed(socket)))
+            socket.once("error", (e) => resume(Effect.fail(new ClientError({ message: `TLS handshake failed: ${e.message}` }))))
+          })
+          secure.on("error", () => {})
+          reader = yield* Scope.extend(FrameReader.make(secure), scope)
+          writer = FrameWriter.make(secure)
+          structured = false
+          extended = false
+          metaContexts = new Map()
+        })
     }
     return session
   })
@@ -284,10 +308,13 @@ export const connect = (
     readonly structuredReplies?: boolean | undefined
     readonly extendedHeaders?: boolean | undefined
     readonly metaContexts?: ReadonlyArray<string> | undefined
+    /** Upgrade to TLS with STARTTLS first, with these options. */
+    readonly tls?: tls.ConnectionOptions | undefined
   } = {}
 ): Effect.Effect<NbdClient, ClientError | OptionRefused, Scope.Scope> =>
   Effect.gen(function*() {
     const session = yield* handshake(stream)
+    if (options.tls !== undefined) yield* session.startTls(options.tls)
     const exportName = options.exportName ?? ""
     if (options.extendedHeaders === true) yield* session.extendedHeaders
     else if (options.structuredReplies ?? true) yield* session.structuredReplies

@@ -55,8 +55,27 @@ export interface Negotiated {
 
 /** How negotiation ended. */
 export type Outcome =
-  | { readonly _tag: "Transmission"; readonly negotiated: Negotiated }
+  | {
+    readonly _tag: "Transmission"
+    readonly negotiated: Negotiated
+    /** The connection to go on with (encrypted if STARTTLS took place). */
+    readonly reader: FrameReader
+    readonly writer: FrameWriter
+  }
   | { readonly _tag: "Aborted" }
+
+/** STARTTLS as offered by the session: its mode, and the upgrade of the connection. */
+export interface StartTls {
+  readonly mode: "on" | "require"
+  /**
+   * Stops reading the plain connection, runs `acknowledge` (the ACK reply), and runs the
+   * TLS handshake; the result is a reader and writer over the encrypted connection.
+   */
+  readonly start: (acknowledge: Effect.Effect<void>) => Effect.Effect<
+    { readonly reader: FrameReader; readonly writer: FrameWriter },
+    ProtocolViolation | ConnectionClosed
+  >
+}
 
 /** What negotiation needs besides the connection. */
 export interface NegotiationContext {
@@ -65,6 +84,8 @@ export interface NegotiationContext {
   readonly config: ServerConfig
   /** Once triggered, options are answered ERR_SHUTDOWN. */
   readonly shutdown: Shutdown
+  /** STARTTLS, when the server has TLS configured. */
+  readonly tls?: StartTls | undefined
 }
 
 /** Id of `base:allocation` in SET_META_CONTEXT replies. */
@@ -106,7 +127,9 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
   ExportRegistry
 > =>
   Effect.gen(function*() {
-    const { config, reader, writer } = ctx
+    const { config } = ctx
+    let { reader, writer } = ctx
+    let tlsActive = false
     const registry = yield* ExportRegistry
 
     yield* writer.send([
@@ -227,6 +250,13 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         continue
       }
       const data = yield* reader.read(length)
+      if (ctx.tls?.mode === "require" && !tlsActive && option !== Opt.STARTTLS && option !== Opt.ABORT) {
+        if (option === Opt.EXPORT_NAME) {
+          return yield* new ProtocolViolation({ message: "EXPORT_NAME before STARTTLS on a server that requires TLS" })
+        }
+        yield* replyError(option, optionReplyError("TLS_REQD", "this server requires TLS: use STARTTLS first"))
+        continue
+      }
 
       if (option === Opt.EXPORT_NAME) {
         if (extendedHeaders) {
@@ -246,8 +276,25 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         yield* writer.send([message.encodeUnsafe({ size: BigInt(size), transmissionFlags })])
         return {
           _tag: "Transmission",
-          negotiated: { export: exp, size, transmissionFlags, structuredReplies, extendedHeaders, metaContexts: [] }
+          negotiated: { export: exp, size, transmissionFlags, structuredReplies, extendedHeaders, metaContexts: [] },
+          reader,
+          writer
         } as const
+      }
+      if (option === Opt.STARTTLS && ctx.tls !== undefined && !tlsActive && data.length === 0) {
+        if (reader.buffered() > 0) {
+          return yield* new ProtocolViolation({ message: "data sent after STARTTLS before the TLS handshake" })
+        }
+        const upgraded = yield* ctx.tls.start(reply(option, Reply.ACK))
+        reader = upgraded.reader
+        writer = upgraded.writer
+        tlsActive = true
+        // Everything negotiated in the clear is forgotten.
+        structuredReplies = false
+        extendedHeaders = false
+        metaSelection = undefined
+        yield* Effect.logDebug("connection upgraded to TLS")
+        continue
       }
       if (option === Opt.ABORT) {
         yield* reply(option, Reply.ACK)
@@ -312,7 +359,13 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
               Effect.as(Option.none())
             )
           case Opt.STARTTLS:
-            return Effect.fail(optionReplyError("POLICY", "TLS is not configured on this server"))
+            return Effect.fail(
+              ctx.tls === undefined
+                ? optionReplyError("POLICY", "TLS is not configured on this server")
+                : tlsActive
+                ? optionReplyError("INVALID", "TLS is already active")
+                : optionReplyError("INVALID", "STARTTLS takes no data")
+            )
           default:
             return Effect.fail(optionReplyError("UNSUP", `option ${option} is not supported`))
         }
@@ -320,6 +373,6 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
       const result = yield* handled.pipe(
         Effect.catchAll((error) => Effect.as(replyError(option, error), Option.none<Negotiated>()))
       )
-      if (Option.isSome(result)) return { _tag: "Transmission", negotiated: result.value } as const
+      if (Option.isSome(result)) return { _tag: "Transmission", negotiated: result.value, reader, writer } as const
     }
   })

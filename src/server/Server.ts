@@ -143,10 +143,15 @@ export const layer = (
 /** Percent-encodes for a URI path or query value, keeping `/` readable. */
 const encodePath = (text: string): string => encodeURIComponent(text).replace(/%2F/g, "/")
 
-/** The NBD URI of an address, for an export name. */
-export const uri = (address: SocketServer.Address, exportName = ""): string => {
+/** The NBD URI of an address, for an export name (`nbds` when TLS is required). */
+export const uri = (
+  address: SocketServer.Address,
+  exportName = "",
+  options: { readonly tls?: boolean | undefined } = {}
+): string => {
   const name = encodePath(exportName)
-  if (address._tag === "UnixAddress") return `nbd+unix:///${name}?socket=${encodePath(address.path)}`
+  const scheme = options.tls === true ? "nbds" : "nbd"
+  if (address._tag === "UnixAddress") return `${scheme}+unix:///${name}?socket=${encodePath(address.path)}`
   const host = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname
-  return `nbd://${host}:${address.port}/${name}`
+  return `${scheme}://${host}:${address.port}/${name}`
 }

@@ -4,8 +4,12 @@
  * @since 0.1.0
  */
 
+import type { TlsConfig } from "./Tls.ts"
+
 /** Limits and behaviour of every session of a server. */
 export interface ServerConfig {
+  /** STARTTLS settings; none means NOTLS mode (STARTTLS refused with ERR_POLICY). */
+  readonly tls: TlsConfig | undefined
   /** Option data above this many bytes is read, discarded and answered ERR_TOO_BIG. */
   readonly maxOptionLength: number
   /** Option data above this many bytes closes the connection (denial of service). */
@@ -30,6 +34,7 @@ export interface ServerConfig {
 
 /** The defaults. */
 export const defaults: ServerConfig = {
+  tls: undefined,
   maxOptionLength: 64 * 1024,
   maxOptionDiscard: 16 * 1024 * 1024,
   maxWriteDiscard: 64 * 1024 * 1024,

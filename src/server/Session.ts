@@ -8,6 +8,7 @@
  */
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Scope from "effect/Scope"
 import type { Duplex } from "node:stream"
 import { ExportRegistry } from "../Export.ts"
 import * as FrameReader from "../stream/FrameReader.ts"
@@ -15,6 +16,7 @@ import * as Negotiation from "./Negotiation.ts"
 import * as FrameWriter from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
 import type { Shutdown } from "./Shutdown.ts"
+import * as Tls from "./Tls.ts"
 import * as Transmission from "./Transmission.ts"
 
 /** What a session needs besides its stream. */
@@ -31,10 +33,33 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
   Effect.scoped(
     Effect.gen(function*() {
       const { config, shutdown } = options
-      const reader = yield* FrameReader.make(stream, { highWaterMark: config.readHighWaterMark })
-      const writer = FrameWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
-      yield* Effect.addFinalizer(() => writer.end)
-      const outcome = yield* Negotiation.negotiate({ reader, writer, config, shutdown })
+      const tlsConfig = config.tls
+      const scope = yield* Effect.scope
+      let reader = yield* FrameReader.make(stream, { highWaterMark: config.readHighWaterMark })
+      let writer = FrameWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
+      // Ends whichever writer is current: over TLS, that also closes the TLS session.
+      yield* Effect.addFinalizer(() => Effect.suspend(() => writer.end))
+
+      const tls: Negotiation.StartTls | undefined = tlsConfig === undefined ? undefined : {
+        mode: tlsConfig.mode,
+        start: (acknowledge) =>
+          Effect.gen(function*() {
+            reader.detach()
+            stream.pause()
+            yield* acknowledge
+            writer.flush()
+            // An empty write completes once everything written before it left: the ACK is out in the clear.
+            yield* Effect.async<void>((resume) => {
+              stream.write(new Uint8Array(0), () => resume(Effect.void))
+            })
+            const secure = yield* Tls.upgrade(stream, tlsConfig)
+            reader = yield* Scope.extend(FrameReader.make(secure, { highWaterMark: config.readHighWaterMark }), scope)
+            writer = FrameWriter.make(secure, { highWaterMark: config.writeHighWaterMark })
+            return { reader, writer }
+          })
+      }
+
+      const outcome = yield* Negotiation.negotiate({ reader, writer, config, shutdown, tls })
       if (outcome._tag === "Aborted") {
         yield* Effect.logDebug("client aborted negotiation")
         return
@@ -45,7 +70,7 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
         `client selected export '${exp.name}' (${negotiated.size} bytes, ` +
           `${negotiated.structuredReplies ? "structured" : "simple"} replies)`
       )
-      yield* Transmission.serve({ reader, writer, config, negotiated, shutdown }).pipe(
+      yield* Transmission.serve({ reader: outcome.reader, writer: outcome.writer, config, negotiated, shutdown }).pipe(
         Effect.ensuring(exp.driver.disconnect)
       )
       yield* Effect.logDebug("client disconnected")

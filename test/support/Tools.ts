@@ -21,7 +21,7 @@ export const available = (tools: ReadonlyArray<string>): boolean => {
   )
   if (missing.length === 0) return true
   const message = `missing NBD client tools: ${missing.join(", ")}; ` +
-    "install them with: apt-get install -y libnbd-bin python3-libnbd qemu-utils"
+    "install them with: apt-get install -y libnbd-bin python3-libnbd qemu-utils openssl"
   if (process.env.CI === "true") throw new Error(message)
   console.warn(`skipping interop tests: ${message}`)
   return false
