@@ -84,12 +84,13 @@ export interface OpenRequest {
  *
  * `read` returns the bytes as pieces that may be views of the driver's storage (no
  * copy): they are queued for sending at once, and the spec leaves the result of a
- * write that overlaps an unanswered read undefined. `write` may be called once per
- * received piece of a payload (never concatenated).
+ * write that overlaps an unanswered read undefined. A number stands for that many
+ * zero bytes (a hole), which structured replies send as OFFSET_HOLE chunks. `write`
+ * may be called once per received piece of a payload (never concatenated).
  */
 export interface SyncOperations {
   readonly size: () => number
-  readonly read: (offset: number, length: number) => ReadonlyArray<Uint8Array>
+  readonly read: (offset: number, length: number) => ReadonlyArray<Uint8Array | number>
   readonly write: (offset: number, data: Uint8Array) => void
 }
 

@@ -15,9 +15,6 @@ import { protocolError } from "../Errors.ts"
 /** Allocation granularity in bytes. */
 export const PAGE_SIZE = 32 * 1024
 
-/** A page of zeroes, shared by every read of a hole (never written). */
-const ZERO_PAGE = new Uint8Array(PAGE_SIZE)
-
 /** Largest export size: offsets stay exact JavaScript numbers. */
 export const MAX_SIZE = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % PAGE_SIZE)
 
@@ -69,12 +66,15 @@ export class SparseMemory {
     return out
   }
 
-  /** The bytes of a range as views of the pages (and of shared zeroes for holes): no copy. */
-  views(offset: number, length: number): Array<Uint8Array> {
-    const out: Array<Uint8Array> = []
+  /** The bytes of a range as views of the pages, and holes as counts of zero bytes: no copy. */
+  views(offset: number, length: number): Array<Uint8Array | number> {
+    const out: Array<Uint8Array | number> = []
     SparseMemory.eachPage(offset, length, (index, inPage, n) => {
       const page = this.pages.get(index)
-      out.push(page === undefined ? ZERO_PAGE.subarray(0, n) : page.subarray(inPage, inPage + n))
+      if (page !== undefined) return void out.push(page.subarray(inPage, inPage + n))
+      const last = out.length - 1
+      if (typeof out[last] === "number") out[last] = (out[last] as number) + n
+      else out.push(n)
     })
     return out
   }

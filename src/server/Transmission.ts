@@ -83,6 +83,15 @@ const allowedFlags = (type: number, structured: boolean, extended: boolean): num
 
 const errorMessage = new TextEncoder()
 const NO_PAYLOAD: ReadonlyArray<Uint8Array> = [new Uint8Array(0)]
+
+/** Shared zeroes for holes sent as data (never written). */
+const ZEROES = new Uint8Array(1024 * 1024)
+/** `n` zero bytes, as views of {@link ZEROES}. */
+const zeroes = (n: number): Array<Uint8Array> => {
+  const out: Array<Uint8Array> = []
+  for (let left = n; left > 0; left -= ZEROES.length) out.push(ZEROES.subarray(0, Math.min(left, ZEROES.length)))
+  return out
+}
 /** Largest piece of a discarded payload taken from the buffer at once. */
 const SKIP_CHUNK = 1024 * 1024
 
@@ -124,13 +133,46 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     const sendOk = (req: Request) =>
       writer.write([extended ? chunk(req, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, req.cookie)])
 
-    /** A successful READ reply carrying `req.length` bytes, given as one or more pieces. */
-    const sendRead = (req: Request, data: ReadonlyArray<Uint8Array>) => {
-      if (!structured) return writer.write([Wire.encodeSimpleReplyFast(0, req.cookie), ...data])
+    /**
+     * A successful READ reply carrying `req.length` bytes, given as pieces: bytes, or
+     * counts of zero bytes (holes). With structured replies, runs of data become
+     * OFFSET_DATA chunks and holes OFFSET_HOLE chunks; with simple replies or DF, holes
+     * are sent as zeroes in one piece of data.
+     */
+    const sendRead = (req: Request, pieces: ReadonlyArray<Uint8Array | number>) => {
+      if (!structured || (req.flags & CommandFlags.DF) !== 0) {
+        const data = pieces.flatMap((piece) => (typeof piece === "number" ? zeroes(piece) : [piece]))
+        if (!structured) return writer.write([Wire.encodeSimpleReplyFast(0, req.cookie), ...data])
+        pieces = data
+      }
       if (req.length === 0) return writer.write([chunk(req, true, ChunkType.NONE, 0)])
-      const header = chunk(req, true, ChunkType.OFFSET_DATA, 8 + req.length, 8)
-      header.writeBigUInt64BE(req.wireOffset, at)
-      return writer.write([header, ...data])
+      const out: Array<Uint8Array> = []
+      let offset = req.wireOffset
+      let i = 0
+      while (i < pieces.length) {
+        const piece = pieces[i]!
+        if (typeof piece === "number") {
+          i++
+          const header = chunk(req, i === pieces.length, ChunkType.OFFSET_HOLE, 12, 12)
+          header.writeBigUInt64BE(offset, at)
+          header.writeUInt32BE(piece, at + 8)
+          out.push(header)
+          offset += BigInt(piece)
+          continue
+        }
+        const run: Array<Uint8Array> = []
+        let length = 0
+        while (i < pieces.length && typeof pieces[i] !== "number") {
+          const data = pieces[i++] as Uint8Array
+          run.push(data)
+          length += data.length
+        }
+        const header = chunk(req, i === pieces.length, ChunkType.OFFSET_DATA, 8 + length, 8)
+        header.writeBigUInt64BE(offset, at)
+        out.push(header, ...run)
+        offset += BigInt(length)
+      }
+      return writer.write(out)
     }
 
     const sendBlockStatus = (req: Request, extents: ReadonlyArray<Extent>) => {

@@ -262,6 +262,31 @@ describe.skipIf(!available(["python3-libnbd"]))("libnbd Python bindings", () => 
     }
   })
 
+  it("structured reads send holes as OFFSET_HOLE chunks, and DF reads as one data chunk", async () => {
+    const script = `
+import nbd, sys
+h = nbd.NBD()
+h.connect_uri(sys.argv[1])
+base = 200 * 1048576
+h.pwrite(b"\\xab" * 65536, base + 65536)
+chunks = []
+def chunk(buf, offset, status, err):
+    chunks.append((status, offset, len(buf), bytes(buf) == b"\\0" * len(buf)))
+    return 0
+buf = h.pread_structured(4 * 65536, base, chunk)
+assert buf == b"\\0" * 65536 + b"\\xab" * 65536 + b"\\0" * 131072, "bytes"
+kinds = [(s, o - base, n) for (s, o, n, z) in chunks]
+assert kinds == [(nbd.READ_HOLE, 0, 65536), (nbd.READ_DATA, 65536, 65536), (nbd.READ_HOLE, 131072, 131072)], kinds
+chunks.clear()
+buf = h.pread_structured(4 * 65536, base, chunk, flags=nbd.CMD_FLAG_DF)
+assert [(s, o - base, n) for (s, o, n, z) in chunks] == [(nbd.READ_DATA, 0, 262144)], chunks
+assert buf[65536:131072] == b"\\xab" * 65536
+print("OK")
+`
+    const out = await python(script, server.uri())
+    expect(out.trim()).toBe("OK")
+  })
+
   it("the server still answers after the other connections", async () => {
     const out = await python(
       String.raw`
