@@ -3,8 +3,9 @@
  *
  * A frame is a list of chunks (a header and the payload, never concatenated) written
  * in one synchronous step, so the frames of concurrent requests never interleave.
- * Writes are not awaited one by one; instead the request loop waits for `drain`
- * before taking more work while too many bytes are queued.
+ * Frames written in the same tick are corked together and leave in one `writev`.
+ * Writes are not awaited one by one; instead the request parser stops taking work
+ * while too many bytes are queued (`isFull`) and resumes once they drain.
  *
  * @since 0.1.0
  */
@@ -23,8 +24,6 @@ export interface FrameWriter {
   readonly isFull: () => boolean
   /** Calls `listener` once the queue drains below the high-water mark or the stream closes. */
   readonly onceDrained: (listener: () => void) => void
-  /** Waits while more than the high-water mark of reply bytes is queued. */
-  readonly awaitDrain: Effect.Effect<void>
   /** Ends the stream once queued bytes are sent (or after a timeout), then closes it. */
   readonly end: Effect.Effect<void>
 }
@@ -99,8 +98,6 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     drainWaiters.add(listener)
   }
 
-  const awaitDrain = Effect.suspend(() => isFull() ? firstEvent(stream, ["drain", "close"]) : Effect.void)
-
   const finished = Effect.suspend(() =>
     stream.destroyed || stream.writableFinished
       ? Effect.void
@@ -116,5 +113,5 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     Effect.zipRight(Effect.sync(() => stream.destroy()))
   )
 
-  return { send, write, flush: uncork, isFull, onceDrained, awaitDrain, end }
+  return { send, write, flush: uncork, isFull, onceDrained, end }
 }

@@ -3,13 +3,14 @@
  * process (`node --import tsx src/cli/main.ts ...`) and real NBD clients (nbdinfo,
  * nbdcopy, qemu-img, qemu-io, libnbd's Python binding) talk to it.
  */
-import { createHash, randomBytes } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { sha256 } from "../support/Bytes.ts"
 import {
   type Cli,
   killAll,
@@ -62,7 +63,6 @@ const baseUri = (uri: string): string => {
   return match[1]!
 }
 
-const sha256 = (data: Uint8Array): string => createHash("sha256").update(data).digest("hex")
 
 /** SHA-256 of the first `length` bytes of a file. */
 const sha256OfFile = (file: string, length: number): string => {

@@ -2,12 +2,13 @@
  * Interop with libnbd's nbdcopy: whole-export copies over one and several connections.
  */
 import { execFile } from "node:child_process"
-import { createHash, randomBytes } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { promisify } from "node:util"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { sha256 } from "../support/Bytes.ts"
 import type { SparseMemory } from "../../src/drivers/Memory.ts"
 import * as TestServer from "../support/TestServer.ts"
 import { available, run } from "../support/Tools.ts"
@@ -15,7 +16,6 @@ import { available, run } from "../support/Tools.ts"
 const MiB = 1024 * 1024
 const SIZE = 64 * MiB
 
-const sha256 = (data: Uint8Array): string => createHash("sha256").update(data).digest("hex")
 
 /** Runs nbdcopy verbosely, returning its debug output (standard error). */
 const nbdcopyVerbose = async (args: ReadonlyArray<string>): Promise<string> => {

@@ -2,11 +2,12 @@
  * Interop with QEMU's NBD client through qemu-img and qemu-io.
  */
 import { execFile } from "node:child_process"
-import { createHash, randomBytes } from "node:crypto"
+import { randomBytes } from "node:crypto"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { expectBytes, sha256 } from "../support/Bytes.ts"
 import type { SparseMemory } from "../../src/drivers/Memory.ts"
 import * as TestServer from "../support/TestServer.ts"
 import { available, run } from "../support/Tools.ts"
@@ -16,7 +17,6 @@ const KiB = 1024
 const SIZE = 256 * MiB
 const PAGE = 32 * KiB
 
-const sha256 = (data: Uint8Array): string => createHash("sha256").update(data).digest("hex")
 
 /** Runs a command that may exit non-zero, returning its exit code and output. */
 const runStatus = (command: string, args: ReadonlyArray<string>): Promise<{
@@ -35,12 +35,6 @@ const runStatus = (command: string, args: ReadonlyArray<string>): Promise<{
 const filled = (length: number, byte: number): Buffer => Buffer.alloc(length, byte)
 
 /** Fails with the first differing offset unless the bytes are equal (faster than toEqual). */
-const expectBytes = (actual: Uint8Array, expected: Uint8Array, what: string): void => {
-  expect(actual.length, `${what}: length`).toBe(expected.length)
-  const at = actual.findIndex((b, i) => b !== expected[i])
-  expect(at, `${what}: first differing byte`).toBe(-1)
-}
-
 describe.skipIf(!available(["qemu-img", "qemu-io"]))("qemu-img and qemu-io", () => {
   let server: TestServer.TestServer
   let store: SparseMemory
