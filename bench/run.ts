@@ -1,7 +1,8 @@
 /**
  * Benchmark harness: effect-nbd (memory) against nbdkit memory and nbdkit null,
  * with fio (nbd ioengine) and nbdcopy, on 127.0.0.1. Prints a markdown report
- * and writes it to bench/results/latest.md (raw fio JSON and server logs next to it).
+ * and writes it to bench/results/latest.md, or quick.md for --quick (raw fio JSON and
+ * server logs next to it).
  *
  *   npm run bench              full run (10 s per fio workload, 1 GiB export and copies)
  *   npm run bench -- --quick   smoke run (2 s per fio workload, 64 MiB export and copies)
@@ -201,8 +202,10 @@ const main = async (): Promise<number> => {
     ""
   ].join("\n")
   process.stdout.write(`\n${report}`)
-  writeFileSync(path.join(resultsDir, "latest.md"), report)
-  progress(`bench: report written to ${path.relative(process.cwd(), path.join(resultsDir, "latest.md"))}`)
+  // A quick run is a smoke test: it never replaces the full run's report.
+  const reportFile = path.join(resultsDir, mode.name === "quick" ? "quick.md" : "latest.md")
+  writeFileSync(reportFile, report)
+  progress(`bench: report written to ${path.relative(process.cwd(), reportFile)}`)
   return failures.length > 0 ? 1 : 0
 }
 
