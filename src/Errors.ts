@@ -16,10 +16,13 @@ export type ErrnoName = typeof ErrnoName.Type
 /**
  * A request failed: the client gets `errno` (and, with structured replies, `message`).
  * Drivers fail with this; the server also uses it for requests it rejects itself.
+ * `offset`, when the failure is tied to a byte of the request's range, is reported to
+ * clients with structured replies in an ERROR_OFFSET chunk.
  */
 export class ProtocolError extends Schema.TaggedError<ProtocolError>()("ProtocolError", {
   errno: ErrnoName,
-  message: Schema.String
+  message: Schema.String,
+  offset: Schema.optional(Schema.Number)
 }) {
   /** The errno's number on the wire. */
   get code(): number {
@@ -27,8 +30,9 @@ export class ProtocolError extends Schema.TaggedError<ProtocolError>()("Protocol
   }
 }
 
-/** Shorthand constructors for {@link ProtocolError}. */
-export const protocolError = (errno: ErrnoName, message: string): ProtocolError => new ProtocolError({ errno, message })
+/** Shorthand constructor for {@link ProtocolError}. */
+export const protocolError = (errno: ErrnoName, message: string, offset?: number): ProtocolError =>
+  new ProtocolError(offset === undefined ? { errno, message } : { errno, message, offset })
 
 /** Maps a Node.js system error (`err.code`) to the closest NBD errno. */
 export const errnoFromSystemError = (cause: unknown): ErrnoName => {

@@ -377,10 +377,17 @@ const transmission = (
         const p = yield* take(cookie)
         const payload = yield* read(length)
         if ((type & 0x8000) !== 0) {
-          const message: Wire.ErrorPayload = type === ChunkType.ERROR_OFFSET
-            ? yield* decodeOrFail(Wire.ErrorOffsetPayload, payload, "ERROR_OFFSET chunk")
-            : yield* decodeOrFail(Wire.ErrorPayload, payload, "ERROR chunk")
-          p.error ??= new ProtocolError({ errno: errnoName(message.error), message: message.message })
+          if (type === ChunkType.ERROR_OFFSET) {
+            const failure = yield* decodeOrFail(Wire.ErrorOffsetPayload, payload, "ERROR_OFFSET chunk")
+            p.error ??= new ProtocolError({
+              errno: errnoName(failure.error),
+              message: failure.message,
+              offset: Number(failure.offset)
+            })
+          } else {
+            const failure = yield* decodeOrFail(Wire.ErrorPayload, payload, "ERROR chunk")
+            p.error ??= new ProtocolError({ errno: errnoName(failure.error), message: failure.message })
+          }
         } else if (type === ChunkType.OFFSET_DATA) {
           const data = yield* decodeOrFail(Wire.OffsetData, payload, "OFFSET_DATA chunk")
           p.data ??= new Uint8Array(p.length)

@@ -120,10 +120,20 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         ? Wire.encodeExtendedHeaderFast(done ? ReplyFlags.DONE : 0, type, req.cookie, req.wireOffset, length, extra)
         : Wire.encodeStructuredHeaderFast(done ? ReplyFlags.DONE : 0, type, req.cookie, length, extra)
 
+    /** An error reply: simple, or an ERROR chunk (ERROR_OFFSET when the error names an offset in the range). */
     const sendError = (req: Request, error: ProtocolError) => {
       const errno = Errno[error.errno]
       if (!structured) return writer.write([Wire.encodeSimpleReplyFast(errno, req.cookie)])
       const message = errorMessage.encode(error.message.slice(0, 1024))
+      const offset = error.offset
+      if (offset !== undefined && offset >= req.offset && offset < req.offset + req.length && req.type !== Command.RESIZE) {
+        const header = chunk(req, true, ChunkType.ERROR_OFFSET, 14 + message.length, 6)
+        header.writeUInt32BE(errno, at)
+        header.writeUInt16BE(message.length, at + 4)
+        const where = Buffer.allocUnsafe(8)
+        where.writeBigUInt64BE(BigInt(offset))
+        return writer.write([header, message, where])
+      }
       const header = chunk(req, true, ChunkType.ERROR, 6 + message.length, 6)
       header.writeUInt32BE(errno, at)
       header.writeUInt16BE(message.length, at + 4)

@@ -208,8 +208,12 @@ describe("transmission details", () => {
   const failing = driverLayer(Driver.make({
     name: "failing",
     size: Effect.succeed(SIZE),
-    read: (offset) =>
-      offset === 0 ? Effect.fail(protocolError("EIO", "medium error")) : Effect.succeed(new Uint8Array(512)),
+    read: (offset, length) =>
+      offset === 0
+        ? Effect.fail(protocolError("EIO", "medium error"))
+        : offset === 4096
+        ? Effect.fail(protocolError("EIO", "bad sector", 4096 + 1536))
+        : Effect.succeed(new Uint8Array(length)),
     write: () => Effect.fail(protocolError("ENOSPC", "the pool is full")),
     flush: Effect.fail(protocolError("EIO", "flush failed")),
     trim: () => Effect.die(new Error("a bug in the driver"))
@@ -227,6 +231,22 @@ describe("transmission details", () => {
           expect((yield* client.read(512, 512)).length).toBe(512)
         }))
     }
+
+    it.scoped("a failure at an offset is an ERROR_OFFSET chunk with structured replies, plain EIO otherwise", () =>
+      Effect.gen(function*() {
+        for (const options of [{ structuredReplies: true }, { extendedHeaders: true }]) {
+          const client = yield* connect(options)
+          const error = yield* Effect.flip(client.read(4096, 4096))
+          expect(error._tag === "ProtocolError" && [error.errno, error.message, error.offset]).toEqual([
+            "EIO",
+            "bad sector",
+            4096 + 1536
+          ])
+        }
+        const simple = yield* connect({ structuredReplies: false })
+        const plain = yield* Effect.flip(simple.read(4096, 4096))
+        expect(plain._tag === "ProtocolError" && [plain.errno, plain.offset]).toEqual(["EIO", undefined])
+      }))
 
     it.scoped("structured error replies carry the driver's message", () =>
       Effect.gen(function*() {
