@@ -7,6 +7,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { NbdDriver, type NbdDriverShape } from "./Driver.ts"
 import { type OptionReplyError, optionReplyError } from "./Errors.ts"
 
@@ -61,6 +62,23 @@ export class ExportRegistry extends Context.Tag("effect-nbd/ExportRegistry")<Exp
   /** A registry of the given exports. */
   static layer(exports: ReadonlyArray<NbdExport>): Layer.Layer<ExportRegistry> {
     return Layer.succeed(ExportRegistry, ExportRegistry.fromExports(exports))
+  }
+
+  /**
+   * A registry of exports whose drivers are layers: each driver layer is built in the
+   * registry's scope (a file driver's file is closed with it). The first is the default.
+   */
+  static layerFromDrivers<E, R>(
+    exports: ReadonlyArray<ExportOptions & { readonly driver: Layer.Layer<NbdDriver, E, R> }>
+  ): Layer.Layer<ExportRegistry, E, Exclude<R, Scope.Scope>> {
+    return Layer.scoped(
+      ExportRegistry,
+      Effect.map(
+        Effect.forEach(exports, ({ driver, ...options }) =>
+          Effect.map(Layer.build(driver), (context) => make(Context.get(context, NbdDriver), options))),
+        ExportRegistry.fromExports
+      )
+    )
   }
 
   /** A registry of one export backed by the `NbdDriver` in context. */

@@ -188,3 +188,41 @@ describe("negotiation", () => {
       }))
   })
 })
+
+describe("registry from driver layers", () => {
+  const registry = Export.ExportRegistry.layerFromDrivers([
+    { name: "small", description: "one MiB", driver: MemoryDriver.layer({ size: MiB }) },
+    { name: "big", driver: MemoryDriver.layer({ size: 64 * MiB }), readOnly: true }
+  ])
+  it.layer(registry)((it) => {
+    it.scoped("exports built from layers are listed and served, the first as the default", () =>
+      Effect.gen(function*() {
+        const session = yield* handshake
+        expect(yield* session.list).toEqual([{ name: "small", description: "one MiB" }, { name: "big", description: "" }])
+        expect((yield* session.info("")).size).toBe(MiB)
+        const big = yield* session.info("big")
+        expect([big.size, big.transmissionFlags & TransmissionFlags.READ_ONLY]).toEqual([64 * MiB, TransmissionFlags.READ_ONLY])
+      }))
+  })
+})
+
+describe("transmission flags", () => {
+  const rotational = Layer.succeed(
+    Export.ExportRegistry,
+    Export.ExportRegistry.fromExports([
+      Export.make({
+        ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)),
+        features: { ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)).features, rotational: true, multiConn: false }
+      })
+    ])
+  )
+  it.layer(rotational)((it) => {
+    it.scoped("ROTATIONAL and CAN_MULTI_CONN follow the driver's features", () =>
+      Effect.gen(function*() {
+        const session = yield* handshake
+        const info = yield* session.info("")
+        expect(info.transmissionFlags & TransmissionFlags.ROTATIONAL).toBe(TransmissionFlags.ROTATIONAL)
+        expect(info.transmissionFlags & TransmissionFlags.CAN_MULTI_CONN).toBe(0)
+      }))
+  })
+})
