@@ -17,6 +17,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { ExportRegistry } from "../Export.ts"
+import * as Metrics from "./Metrics.ts"
 import * as ServerConfig from "./ServerConfig.ts"
 import * as Session from "./Session.ts"
 import * as Shutdown from "./Shutdown.ts"
@@ -67,12 +68,17 @@ export const serve = (
         if (Option.isNone(raw)) return Effect.dieMessage("NBD sessions need a Node.js socket server")
         const connectionId = ++state.connections
         state.active++
+        Metrics.connections.unsafeUpdate(1, [])
+        Metrics.activeSessions.unsafeUpdate(state.active, [])
         raw.value.setNoDelay(true)
         return Effect.zipRight(
           Effect.logDebug(`connection from ${raw.value.remoteAddress ?? "a local socket"}`),
           Session.run(raw.value, { config, connectionId, shutdown: state.shutdown })
         ).pipe(
-          Effect.ensuring(Effect.sync(() => state.active--)),
+          Effect.ensuring(Effect.sync(() => {
+            state.active--
+            Metrics.activeSessions.unsafeUpdate(state.active, [])
+          })),
           Effect.annotateLogs({ connection: connectionId })
         )
       })

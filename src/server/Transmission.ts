@@ -31,6 +31,7 @@ import * as Wire from "../protocol/Transmission.ts"
 import { ConnectionClosed, type FrameReader } from "../stream/FrameReader.ts"
 import type { Negotiated } from "./Negotiation.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
+import * as Metrics from "./Metrics.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
 import type { Shutdown } from "./Shutdown.ts"
 
@@ -122,6 +123,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
 
     /** An error reply: simple, or an ERROR chunk (ERROR_OFFSET when the error names an offset in the range). */
     const sendError = (req: Request, error: ProtocolError) => {
+      Metrics.countError(error.errno)
       const errno = Errno[error.errno]
       if (!structured) return writer.write([Wire.encodeSimpleReplyFast(errno, req.cookie)])
       const message = errorMessage.encode(error.message.slice(0, 1024))
@@ -150,6 +152,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
      * are sent as zeroes in one piece of data.
      */
     const sendRead = (req: Request, pieces: ReadonlyArray<Uint8Array | number>) => {
+      Metrics.bytesRead.unsafeUpdate(req.length, [])
       if (!structured || (req.flags & CommandFlags.DF) !== 0) {
         const data = pieces.flatMap((piece) => (typeof piece === "number" ? zeroes(piece) : [piece]))
         if (!structured) return writer.write([Wire.encodeSimpleReplyFast(0, req.cookie), ...data])
@@ -283,6 +286,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         case Command.WRITE:
           return driver.write(req.offset, payload, { fua: fua(req) }).pipe(
             Effect.zipRight(afterWrite(req)),
+            Effect.tap(() => Metrics.bytesWritten.unsafeUpdate(req.length, [])),
             Effect.zipRight(ok(req))
           )
         case Command.FLUSH:
@@ -408,6 +412,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
               ops.write(at, piece)
               at += piece.length
             }
+            Metrics.bytesWritten.unsafeUpdate(req.length, [])
             sendOk(req)
           }
         } catch (defect) {
@@ -488,6 +493,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
               offset: toNumber(header.offset),
               length: typeof header.length === "bigint" ? toNumber(header.length) : header.length
             }
+            Metrics.countRequest(req.type)
             if (req.type === Command.DISC) return end(Effect.void)
             // Bytes that follow the header: a compact WRITE's data, or any payload announced by PAYLOAD_LEN.
             const payloadLength = extended
