@@ -73,3 +73,30 @@ describe("sparse memory", () => {
     expectBytes(back.subarray(PAGE_SIZE + 10), new Uint8Array(3 * PAGE_SIZE - 10))
   })
 })
+
+describe("sparse memory pages from slabs", () => {
+  it("a page reusing a freed slot reads as zeroes but for what is written", () => {
+    const store = new SparseMemory(1024 * PAGE_SIZE)
+    store.write(0, new Uint8Array(PAGE_SIZE).fill(0xee))
+    store.write(PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0xdd)) // keeps the slab alive
+    store.zero(0, PAGE_SIZE, false) // frees page 0's slot
+    store.write(500 * PAGE_SIZE + 7, new Uint8Array([1, 2, 3])) // takes the freed slot
+    const page = store.read(500 * PAGE_SIZE, PAGE_SIZE)
+    const expected = new Uint8Array(PAGE_SIZE)
+    expected.set([1, 2, 3], 7)
+    expectBytes(page, expected)
+    expectBytes(store.read(0, PAGE_SIZE), new Uint8Array(PAGE_SIZE))
+  })
+
+  it("freeing every page of a large export leaves no page, and the store works again", () => {
+    const size = 100 * PAGE_SIZE
+    const store = new SparseMemory(size)
+    store.write(0, pattern(size, 3))
+    expect(store.pages.size).toBe(100)
+    store.zero(0, size, false)
+    expect(store.pages.size).toBe(0)
+    expect(store.blockStatus(0, size)).toEqual([{ length: size, flags: HOLE_ZERO }])
+    store.write(0, pattern(size, 4))
+    expectBytes(store.read(0, size), pattern(size, 4))
+  })
+})
