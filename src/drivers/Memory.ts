@@ -29,69 +29,10 @@ export interface MemoryOptions {
   readonly description?: string | undefined
 }
 
-/** Pages per slab: pages are carved from 1 MiB allocations. */
-const SLAB_PAGES = 32
-
-/**
- * A 1 MiB allocation that pages are carved from. Few large buffers instead of many
- * small ones make allocation cheaper and every garbage collection faster.
- */
-class Slab {
-  readonly bytes = new Uint8Array(PAGE_SIZE * SLAB_PAGES)
-  /** Pages handed out and not freed. */
-  live = 0
-  /** Slots never handed out start here. */
-  fresh = 0
-  /** Slots freed and ready for reuse (their bytes are not zero). */
-  readonly freed: Array<number> = []
-
-  get full(): boolean {
-    return this.fresh === SLAB_PAGES && this.freed.length === 0
-  }
-}
-
 /** The sparse page store behind the driver; exposed for tests and tools. */
 export class SparseMemory {
   readonly pages = new Map<number, Uint8Array>()
-  /** The slab of each page, to free it. */
-  private readonly slabOf = new Map<number, Slab>()
-  /** Slabs with a slot to hand out. */
-  private readonly open = new Set<Slab>()
   constructor(public size: number) {}
-
-  /** A zeroed page for `index`, carved from a slab with room (or a new one). */
-  private allocate(index: number): Uint8Array {
-    let slab: Slab | undefined = this.open.values().next().value
-    if (slab === undefined) {
-      slab = new Slab()
-      this.open.add(slab)
-    }
-    const reused = slab.freed.pop()
-    const slot = reused ?? slab.fresh++
-    const page = slab.bytes.subarray(slot * PAGE_SIZE, (slot + 1) * PAGE_SIZE)
-    if (reused !== undefined) page.fill(0)
-    slab.live++
-    if (slab.full) this.open.delete(slab)
-    this.pages.set(index, page)
-    this.slabOf.set(index, slab)
-    return page
-  }
-
-  /** Frees the page at `index`; a slab whose pages are all free is dropped. */
-  private free(index: number): void {
-    const page = this.pages.get(index)
-    const slab = this.slabOf.get(index)
-    if (page === undefined || slab === undefined) return
-    this.pages.delete(index)
-    this.slabOf.delete(index)
-    slab.live--
-    if (slab.live === 0) {
-      this.open.delete(slab)
-      return
-    }
-    slab.freed.push((page.byteOffset - slab.bytes.byteOffset) / PAGE_SIZE)
-    this.open.add(slab)
-  }
 
   /** Bytes allocated for pages. */
   get allocatedBytes(): number {
@@ -140,7 +81,11 @@ export class SparseMemory {
 
   write(offset: number, data: Uint8Array): void {
     SparseMemory.eachPage(offset, data.length, (index, inPage, n, done) => {
-      const page = this.pages.get(index) ?? this.allocate(index)
+      let page = this.pages.get(index)
+      if (page === undefined) {
+        page = new Uint8Array(PAGE_SIZE)
+        this.pages.set(index, page)
+      }
       page.set(data.subarray(done, done + n), inPage)
     })
   }
@@ -150,11 +95,11 @@ export class SparseMemory {
     SparseMemory.eachPage(offset, length, (index, inPage, n) => {
       const page = this.pages.get(index)
       if (n === PAGE_SIZE && !keepAllocated) {
-        this.free(index)
+        this.pages.delete(index)
       } else if (page !== undefined) {
         page.fill(0, inPage, inPage + n)
       } else if (keepAllocated) {
-        this.allocate(index)
+        this.pages.set(index, new Uint8Array(PAGE_SIZE))
       }
     })
   }
@@ -198,7 +143,7 @@ export class SparseMemory {
     if (size < this.size) {
       const firstDropped = Math.ceil(size / PAGE_SIZE)
       for (const index of [...this.pages.keys()]) {
-        if (index >= firstDropped) this.free(index)
+        if (index >= firstDropped) this.pages.delete(index)
       }
       const tail = size % PAGE_SIZE
       if (tail !== 0) this.pages.get(firstDropped - 1)?.fill(0, tail)

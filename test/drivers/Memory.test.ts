@@ -74,18 +74,28 @@ describe("sparse memory", () => {
   })
 })
 
-describe("sparse memory pages from slabs", () => {
-  it("a page reusing a freed slot reads as zeroes but for what is written", () => {
+describe("sparse memory pages freed and allocated again", () => {
+  it("a page allocated after another was freed reads as zeroes but for what is written", () => {
     const store = new SparseMemory(1024 * PAGE_SIZE)
     store.write(0, new Uint8Array(PAGE_SIZE).fill(0xee))
-    store.write(PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0xdd)) // keeps the slab alive
-    store.zero(0, PAGE_SIZE, false) // frees page 0's slot
-    store.write(500 * PAGE_SIZE + 7, new Uint8Array([1, 2, 3])) // takes the freed slot
+    store.write(PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0xdd))
+    store.zero(0, PAGE_SIZE, false) // frees page 0
+    store.write(500 * PAGE_SIZE + 7, new Uint8Array([1, 2, 3])) // allocates another page
     const page = store.read(500 * PAGE_SIZE, PAGE_SIZE)
     const expected = new Uint8Array(PAGE_SIZE)
     expected.set([1, 2, 3], 7)
     expectBytes(page, expected)
     expectBytes(store.read(0, PAGE_SIZE), new Uint8Array(PAGE_SIZE))
+  })
+
+  it("a view returned by a read keeps its bytes when its page is freed and another is written", () => {
+    // Reads are sent as views of the pages: memory of a freed page must never serve another offset.
+    const store = new SparseMemory(16 * PAGE_SIZE)
+    store.write(PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0x11))
+    const [view] = store.views(PAGE_SIZE, PAGE_SIZE)
+    store.zero(PAGE_SIZE, PAGE_SIZE, false)
+    store.write(5 * PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0xab))
+    expectBytes(view as Uint8Array, new Uint8Array(PAGE_SIZE).fill(0x11))
   })
 
   it("freeing every page of a large export leaves no page, and the store works again", () => {
