@@ -10,6 +10,7 @@
  *
  * @since 0.1.0
  */
+import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -371,6 +372,12 @@ const transmission = (
           : Effect.succeed(p)
       })
 
+    /** Where a chunk's bytes go in the read, if they lie inside the request; else the server broke the protocol. */
+    const inRange = (p: Pending, offset: bigint, length: number) =>
+      offset >= p.offset && offset + BigInt(length) <= p.offset + BigInt(p.length) && p.type === Command.READ
+        ? Effect.succeed(Number(offset - p.offset))
+        : Effect.fail(new ClientError({ message: `chunk of ${length} bytes at ${offset} is outside the request` }))
+
     /** Handles one chunk's payload once its header is parsed. */
     const onChunk = (flags: number, type: number, cookie: bigint, length: number) =>
       Effect.gen(function*() {
@@ -390,12 +397,14 @@ const transmission = (
           }
         } else if (type === ChunkType.OFFSET_DATA) {
           const data = yield* decodeOrFail(Wire.OffsetData, payload, "OFFSET_DATA chunk")
+          const at = yield* inRange(p, data.offset, data.data.length)
           p.data ??= new Uint8Array(p.length)
-          p.data.set(data.data, Number(data.offset - p.offset))
+          p.data.set(data.data, at)
         } else if (type === ChunkType.OFFSET_HOLE) {
           const hole = yield* decodeOrFail(Wire.OffsetHole, payload, "OFFSET_HOLE chunk")
+          const at = yield* inRange(p, hole.offset, hole.size)
           p.data ??= new Uint8Array(p.length)
-          p.data.fill(0, Number(hole.offset - p.offset), Number(hole.offset - p.offset) + hole.size)
+          p.data.fill(0, at, at + hole.size)
         } else if (type === ChunkType.BLOCK_STATUS && !extendedHeaders) {
           const status = yield* decodeOrFail(Wire.BlockStatusPayload, payload, "BLOCK_STATUS chunk")
           ;(p.status ??= []).push({ contextId: status.contextId, extents: status.descriptors })
@@ -456,7 +465,11 @@ const transmission = (
         else if (magic === EXTENDED_REPLY_MAGIC && extendedHeaders) yield* extendedChunk
         else return yield* new ClientError({ message: `bad reply magic 0x${magic.toString(16)}` })
       }
-    }).pipe(Effect.catchAll(failAll))
+    }).pipe(
+      Effect.catchAllCause((cause) =>
+        failAll(new ClientError({ message: `receiving replies failed: ${Cause.pretty(cause).split("\n")[0]}` }))
+      )
+    )
     const receiver = yield* Effect.forkScoped(receive)
 
     /** The request header, compact or extended. */

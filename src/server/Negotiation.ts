@@ -244,6 +244,10 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
       if (length > config.maxOptionDiscard) {
         return yield* new ProtocolViolation({ message: `option ${option} with ${length} bytes of data` })
       }
+      if (length > config.maxOptionLength && option === Opt.EXPORT_NAME) {
+        // EXPORT_NAME has no error reply: a refused one ends the session.
+        return yield* new ProtocolViolation({ message: `EXPORT_NAME with ${length} bytes of name` })
+      }
       if (length > config.maxOptionLength) {
         yield* reader.skip(length)
         yield* replyError(option, optionReplyError("TOO_BIG", `option data of ${length} bytes is too large`))

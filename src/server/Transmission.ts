@@ -12,7 +12,7 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
-import * as Fiber from "effect/Fiber"
+import * as FiberSet from "effect/FiberSet"
 import * as Runtime from "effect/Runtime"
 import type { Extent, NbdDriverShape, SyncOperations } from "../Driver.ts"
 import { type ProtocolError, protocolError, ProtocolViolation } from "../Errors.ts"
@@ -93,12 +93,12 @@ const zeroes = (n: number): Array<Uint8Array> => {
   for (let left = n; left > 0; left -= ZEROES.length) out.push(ZEROES.subarray(0, Math.min(left, ZEROES.length)))
   return out
 }
-/** Largest piece of a discarded payload taken from the buffer at once. */
+/** Bytes a discarded payload waits for at a time (the reader keeps at most that much). */
 const SKIP_CHUNK = 1024 * 1024
 
 /** Runs the transmission phase until the client disconnects. */
 export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionClosed | ProtocolViolation> =>
-  Effect.gen(function*() {
+  Effect.scoped(Effect.gen(function*() {
     const { config, negotiated, reader, writer } = ctx
     const exp = negotiated.export
     const driver: NbdDriverShape = exp.driver
@@ -342,11 +342,19 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
 
     // ---- the request parser --------------------------------------------------------
     // Requests are parsed synchronously as bytes arrive. Each is started at once as a
-    // fiber of its own (`Runtime.runFork` runs it synchronously until it suspends), so a
-    // driver that answers synchronously has replied before the next request is parsed,
-    // and one that suspends lets the parser go on: replies are sent as they complete.
+    // fiber of its own in `requests` (started synchronously, running until it suspends),
+    // so a driver that answers synchronously has replied before the next request is
+    // parsed, and one that suspends lets the parser go on: replies are sent as they
+    // complete. The session owns those fibers: what is left of them when it ends is
+    // interrupted.
+    const requests = yield* FiberSet.make<void, never>()
+    const runRequest = yield* FiberSet.runtime(requests)<never>()
     const runtime = yield* Effect.runtime<never>()
+    /** Runs a short effect (a log line) from the synchronous parser. */
     const runFork = Runtime.runFork(runtime)
+    // Shutdown is watched by a fiber of this scope (interrupted when the session ends).
+    let onShutdown = () => {}
+    yield* Effect.forkScoped(Effect.zipRight(ctx.shutdown.await, Effect.sync(() => onShutdown())))
 
     return yield* Effect.async<void, ConnectionClosed | ProtocolViolation>((resume) => {
       type State =
@@ -377,10 +385,12 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         if (ending !== undefined) return
         ending = result
         if (inFlight > 0) {
+          // Requests that do not finish in time are interrupted (they answer nothing).
           drainTimer = setTimeout(() => {
-            runFork(Effect.logWarning(`${inFlight} in-flight request(s) did not finish in time`))
-            inFlight = 0
-            finishIfDrained()
+            runFork(Effect.zipRight(
+              Effect.logWarning(`interrupting ${inFlight} in-flight request(s) that did not finish in time`),
+              FiberSet.clear(requests)
+            ))
           }, config.drainTimeoutMillis)
         }
         finishIfDrained()
@@ -389,11 +399,12 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       const completed = (bytes: number) => {
         inFlight--
         payloadBytes -= bytes
-        if (draining && inFlight === 0) end(Effect.void)
+        // Parse what waited for capacity first: during shutdown it is answered ESHUTDOWN.
         if (waitingForCapacity) {
           waitingForCapacity = false
           pump()
         }
+        if (draining && inFlight === 0) end(Effect.void)
         finishIfDrained()
       }
 
@@ -405,8 +416,12 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         try {
           const outOfBounds = checkBounds(req, ops.size())
           if (outOfBounds !== undefined) sendError(req, outOfBounds)
-          else if (req.type === Command.READ) sendRead(req, ops.read(req.offset, req.length))
-          else {
+          else if (req.type === Command.READ) {
+            const pieces = ops.read(req.offset, req.length)
+            const length = pieces.reduce<number>((n, piece) => n + (typeof piece === "number" ? piece : piece.length), 0)
+            if (length === req.length) sendRead(req, pieces)
+            else sendError(req, protocolError("EIO", `driver returned ${length} bytes for a read of ${req.length}`))
+          } else {
             let at = req.offset
             for (const piece of payload) {
               ops.write(at, piece)
@@ -428,7 +443,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         inFlight++
         payloadBytes += payload.length
         const bytes = payload.length
-        runFork(Effect.ensuring(handle(req, payload), Effect.sync(() => completed(bytes))))
+        runRequest(Effect.ensuring(handle(req, payload), Effect.sync(() => completed(bytes))))
       }
 
       const reject = (req: Request, error: ProtocolError) => {
@@ -455,9 +470,8 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
             }
             if (writer.isFull()) return writer.onceDrained(pump)
             if (state._tag === "Skip") {
-              const n = Math.min(state.left, reader.buffered(), SKIP_CHUNK)
+              const n = reader.discard(state.left)
               if (n === 0) return wantOrEnd(Math.min(state.left, SKIP_CHUNK))
-              reader.tryRead(n)
               state.left -= n
               if (state.left === 0) {
                 reject(state.req, state.error)
@@ -520,34 +534,26 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       }
 
       const stopReading = reader.onReadable(pump)
-      // On shutdown, requests go on being answered ESHUTDOWN until in-flight ones are done.
-      const watcher = runFork(Effect.zipRight(
-        ctx.shutdown.await,
-        Effect.sync(() => {
-          draining = true
-          if (inFlight === 0) end(Effect.void)
-        })
-      ))
-      pump()
+      // On shutdown, requests already received and arriving go on being answered ESHUTDOWN
+      // until in-flight ones are done.
+      onShutdown = () => {
+        draining = true
+        pump()
+        if (inFlight === 0) end(Effect.void)
+      }
+      if (ctx.shutdown.isShuttingDown()) onShutdown()
+      else pump()
 
-      // Interrupted: take no more requests and let in-flight ones finish (bounded).
+      // Interrupted (the server closing after its grace period): take no more requests and
+      // interrupt those in flight.
       return Effect.suspend(() => {
         stopReading()
         ending ??= Effect.void
-        return Effect.zipRight(Fiber.interrupt(watcher), waitUntil(() => inFlight === 0, config.drainTimeoutMillis))
+        if (drainTimer !== undefined) clearTimeout(drainTimer)
+        return FiberSet.clear(requests)
       })
     })
-  })
-
-/** Polls `condition` until it holds or `timeoutMillis` pass. */
-const waitUntil = (condition: () => boolean, timeoutMillis: number): Effect.Effect<void> =>
-  Effect.sleep(5).pipe(
-    Effect.repeat({ until: condition }),
-    Effect.when(() => !condition()),
-    Effect.interruptible,
-    Effect.timeout(timeoutMillis),
-    Effect.ignore
-  )
+  }))
 
 /** Clips extents to the request and to the largest extent length; REQ_ONE keeps the first only. */
 const fitExtents = (extents: ReadonlyArray<Extent>, req: Request, maxExtent: number): Array<Extent> => {

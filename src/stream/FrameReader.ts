@@ -30,6 +30,8 @@ export interface FrameReader {
   readonly buffered: () => number
   /** The next `n` bytes if they are buffered already, else `undefined` (for push-style parsers). */
   readonly tryRead: (n: number) => Uint8Array | undefined
+  /** Drops up to `n` buffered bytes without copying them; returns how many were dropped. */
+  readonly discard: (n: number) => number
   /** {@link tryRead} as the received pieces (views, never copied). */
   readonly tryReadChunks: (n: number) => ReadonlyArray<Uint8Array> | undefined
   /** Declares that the consumer cannot progress before `n` bytes are buffered (keeps the stream flowing). */
@@ -210,6 +212,24 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     return out
   }
 
+  const discard = (n: number): number => {
+    const dropped = Math.min(n, total)
+    total -= dropped
+    let left = dropped
+    while (left > 0) {
+      const chunk = chunks[0]!
+      const m = Math.min(chunk.length - head, left)
+      left -= m
+      head += m
+      if (head === chunk.length) {
+        chunks.shift()
+        head = 0
+      }
+    }
+    resumeIfDrained()
+    return dropped
+  }
+
   const want = (n: number) => {
     wanted = n
     resumeIfDrained()
@@ -230,5 +250,5 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     stream.off("error", onError)
   }
 
-  return { read, skip, buffered: () => total, tryRead, tryReadChunks, want, onReadable, closedReason: () => closed, detach }
+  return { read, skip, buffered: () => total, tryRead, tryReadChunks, discard, want, onReadable, closedReason: () => closed, detach }
 }

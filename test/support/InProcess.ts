@@ -53,13 +53,12 @@ export const duplexPair = (): readonly [Duplex, Duplex] => {
  * end for a client. The exports come from the `ExportRegistry` in context.
  */
 export const serverStream = (
-  config: Partial<ServerConfig.ServerConfig> = {}
+  config: Partial<ServerConfig.ServerConfig> = {},
+  shutdown: Shutdown.Shutdown = Shutdown.never
 ): Effect.Effect<Duplex, never, Scope.Scope | Export.ExportRegistry> =>
   Effect.gen(function*() {
     const [client, server] = duplexPair()
-    yield* Effect.forkScoped(
-      Session.run(server, { config: ServerConfig.make(config), connectionId: 1, shutdown: Shutdown.never })
-    )
+    yield* Effect.forkScoped(Session.run(server, { config: ServerConfig.make(config), connectionId: 1, shutdown }))
     return client
   })
 
