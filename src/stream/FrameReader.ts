@@ -77,32 +77,37 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     for (const listener of listeners) listener()
   }
 
-  const take = (n: number): Uint8Array => {
-    if (n === 0) return EMPTY
+  /** Consumes `n` buffered bytes, handing each piece (a view of a received chunk) to `f`. */
+  const consume = (n: number, f?: (piece: Uint8Array) => void): void => {
     total -= n
-    const first = chunks[0]!
-    if (first.length - head >= n) {
-      const out = first.subarray(head, head + n)
-      head += n
-      if (head === first.length) {
-        chunks.shift()
-        head = 0
-      }
-      return out
-    }
-    const out = Buffer.allocUnsafe(n)
-    let filled = 0
-    while (filled < n) {
+    let left = n
+    while (left > 0) {
       const chunk = chunks[0]!
-      const m = Math.min(chunk.length - head, n - filled)
-      chunk.copy(out, filled, head, head + m)
-      filled += m
+      const m = Math.min(chunk.length - head, left)
+      f?.(chunk.subarray(head, head + m))
+      left -= m
       head += m
       if (head === chunk.length) {
         chunks.shift()
         head = 0
       }
     }
+  }
+
+  /** The next `n` buffered bytes: a view when they lie in one chunk, else a copy. */
+  const take = (n: number): Uint8Array => {
+    if (n === 0) return EMPTY
+    if (chunks[0]!.length - head >= n) {
+      let view: Uint8Array = EMPTY
+      consume(n, (piece) => (view = piece))
+      return view
+    }
+    const out = Buffer.allocUnsafe(n)
+    let filled = 0
+    consume(n, (piece) => {
+      out.set(piece, filled)
+      filled += piece.length
+    })
     return out
   }
 
@@ -194,38 +199,15 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
   const tryReadChunks = (n: number): ReadonlyArray<Uint8Array> | undefined => {
     if (total < n) return undefined
     wanted = 0
-    total -= n
     const out: Array<Uint8Array> = []
-    let left = n
-    while (left > 0) {
-      const chunk = chunks[0]!
-      const m = Math.min(chunk.length - head, left)
-      out.push(chunk.subarray(head, head + m))
-      left -= m
-      head += m
-      if (head === chunk.length) {
-        chunks.shift()
-        head = 0
-      }
-    }
+    consume(n, (piece) => out.push(piece))
     resumeIfDrained()
     return out
   }
 
   const discard = (n: number): number => {
     const dropped = Math.min(n, total)
-    total -= dropped
-    let left = dropped
-    while (left > 0) {
-      const chunk = chunks[0]!
-      const m = Math.min(chunk.length - head, left)
-      left -= m
-      head += m
-      if (head === chunk.length) {
-        chunks.shift()
-        head = 0
-      }
-    }
+    consume(dropped)
     resumeIfDrained()
     return dropped
   }
