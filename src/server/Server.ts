@@ -72,14 +72,16 @@ export const serve = (
         Metrics.activeSessions.unsafeUpdate(state.active, [])
         raw.value.setNoDelay(true)
         return Effect.zipRight(
-          Effect.logDebug(`connection from ${raw.value.remoteAddress ?? "a local socket"}`),
+          Effect.logDebug(`connection from ${raw.value.remoteAddress ?? "a local socket"}`).pipe(
+            Effect.annotateLogs({ connection: connectionId })
+          ),
+          // The session annotates its own logs with the connection id.
           Session.run(raw.value, { config, connectionId, shutdown: state.shutdown })
         ).pipe(
           Effect.ensuring(Effect.sync(() => {
             state.active--
             Metrics.activeSessions.unsafeUpdate(state.active, [])
-          })),
-          Effect.annotateLogs({ connection: connectionId })
+          }))
         )
       })
     )

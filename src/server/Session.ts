@@ -35,8 +35,13 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
       const { config, shutdown } = options
       const tlsConfig = config.tls
       const scope = yield* Effect.scope
-      let reader = yield* FrameReader.make(stream, { highWaterMark: config.readHighWaterMark })
-      let writer = FrameWriter.make(stream, { highWaterMark: config.writeHighWaterMark })
+      /** A reader and a writer over a stream (the plain one, then the encrypted one), for the session's life. */
+      const attach = (over: Duplex) =>
+        Effect.map(
+          Scope.extend(FrameReader.make(over, { highWaterMark: config.readHighWaterMark }), scope),
+          (reader) => ({ reader, writer: FrameWriter.make(over, { highWaterMark: config.writeHighWaterMark }) })
+        )
+      let { reader, writer } = yield* attach(stream)
       // Ends whichever writer is current: over TLS, that also closes the TLS session.
       yield* Effect.addFinalizer(() => Effect.suspend(() => writer.end))
 
@@ -52,10 +57,10 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
             yield* Effect.async<void>((resume) => {
               stream.write(new Uint8Array(0), () => resume(Effect.void))
             })
-            const secure = yield* Tls.upgrade(stream, tlsConfig)
-            reader = yield* Scope.extend(FrameReader.make(secure, { highWaterMark: config.readHighWaterMark }), scope)
-            writer = FrameWriter.make(secure, { highWaterMark: config.writeHighWaterMark })
-            return { reader, writer }
+            const secure = yield* attach(yield* Tls.upgrade(stream, tlsConfig))
+            reader = secure.reader
+            writer = secure.writer
+            return secure
           })
       }
 

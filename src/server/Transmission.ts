@@ -2,12 +2,13 @@
  * The transmission phase: read requests, check them, run them on the driver
  * concurrently, and send replies as they complete.
  *
- * The loop keeps reading while earlier requests run (pipelining), bounded by
- * `maxInFlight` requests and `maxInFlightBytes` of write payload, and it stops taking
- * requests while too many reply bytes are queued. A rejected request is answered with
- * the errno the spec prescribes and the connection stays usable; a broken frame (bad
- * magic, an absurd payload) closes this connection only. On NBD_CMD_DISC, end of
- * stream, shutdown or interruption, in-flight requests finish before the session ends.
+ * Requests are parsed as their bytes arrive, while earlier ones run (pipelining),
+ * bounded by `maxInFlight` requests and `maxInFlightBytes` of write payload; parsing
+ * stops while too many reply bytes are queued. A rejected request is answered with the
+ * errno the spec prescribes and the connection stays usable; a broken frame (bad magic,
+ * an absurd payload) closes this connection only. On NBD_CMD_DISC, end of stream or
+ * shutdown, in-flight requests finish (within `drainTimeoutMillis`) before the session
+ * ends; when the session is interrupted, they are interrupted.
  *
  * @since 0.1.0
  */
@@ -128,18 +129,16 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
       if (!structured) return writer.write([Wire.encodeSimpleReplyFast(errno, req.cookie)])
       const message = errorMessage.encode(error.message.slice(0, 1024))
       const offset = error.offset
-      if (offset !== undefined && offset >= req.offset && offset < req.offset + req.length && req.type !== Command.RESIZE) {
-        const header = chunk(req, true, ChunkType.ERROR_OFFSET, 14 + message.length, 6)
-        header.writeUInt32BE(errno, at)
-        header.writeUInt16BE(message.length, at + 4)
-        const where = Buffer.allocUnsafe(8)
-        where.writeBigUInt64BE(BigInt(offset))
-        return writer.write([header, message, where])
-      }
-      const header = chunk(req, true, ChunkType.ERROR, 6 + message.length, 6)
+      const inRange = offset !== undefined && offset >= req.offset && offset < req.offset + req.length &&
+        req.type !== Command.RESIZE
+      // ERROR and ERROR_OFFSET share the error and message prefix; ERROR_OFFSET ends with the offset.
+      const header = chunk(req, true, inRange ? ChunkType.ERROR_OFFSET : ChunkType.ERROR, 6 + message.length + (inRange ? 8 : 0), 6)
       header.writeUInt32BE(errno, at)
       header.writeUInt16BE(message.length, at + 4)
-      return writer.write([header, message])
+      if (!inRange) return writer.write([header, message])
+      const where = Buffer.allocUnsafe(8)
+      where.writeBigUInt64BE(BigInt(offset))
+      return writer.write([header, message, where])
     }
 
     const sendOk = (req: Request) =>
@@ -270,6 +269,12 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         : undefined
 
     // ---- execution -----------------------------------------------------------------
+    /** The answer to a driver defect (logged by the caller). */
+    const driverDefect = protocolError("EIO", "internal error in the driver")
+    /** The answer to a read whose driver returned another number of bytes than asked. */
+    const wrongReadLength = (req: Request, length: number) =>
+      protocolError("EIO", `driver returned ${length} bytes for a read of ${req.length}`)
+
     const fua = (req: Request) => (req.flags & CommandFlags.FUA) !== 0
     /** FUA on a driver without native FUA: follow the write with a flush. */
     const afterWrite = (req: Request) => fua(req) && !features.fua && features.flush ? driver.flush : Effect.void
@@ -282,7 +287,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
           return Effect.flatMap(driver.read(req.offset, req.length), (data) =>
             data.length === req.length
               ? Effect.sync(() => sendRead(req, [data]))
-              : Effect.fail(protocolError("EIO", `driver returned ${data.length} bytes for a read of ${req.length}`)))
+              : Effect.fail(wrongReadLength(req, data.length)))
         case Command.WRITE:
           return driver.write(req.offset, payload, { fua: fua(req) }).pipe(
             Effect.zipRight(afterWrite(req)),
@@ -334,7 +339,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
         Effect.catchAllDefect((defect) =>
           Effect.zipRight(
             Effect.logError(`driver defect in ${commandName(req.type)}`, defect),
-            Effect.fail(protocolError("EIO", "internal error in the driver"))
+            Effect.fail(driverDefect)
           )
         ),
         Effect.catchAll((error) => failed(req, error))
@@ -420,7 +425,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
             const pieces = ops.read(req.offset, req.length)
             const length = pieces.reduce<number>((n, piece) => n + (typeof piece === "number" ? piece : piece.length), 0)
             if (length === req.length) sendRead(req, pieces)
-            else sendError(req, protocolError("EIO", `driver returned ${length} bytes for a read of ${req.length}`))
+            else sendError(req, wrongReadLength(req, length))
           } else {
             let at = req.offset
             for (const piece of payload) {
@@ -432,7 +437,7 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
           }
         } catch (defect) {
           runFork(Effect.logError(`driver defect in ${commandName(req.type)}`, defect))
-          sendError(req, protocolError("EIO", "internal error in the driver"))
+          sendError(req, driverDefect)
         }
         return true
       }
