@@ -5,7 +5,7 @@
  * Run: npx tsx scratchpad/library-example.ts  then  nbdinfo --list nbd://127.0.0.1:10810
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer } from "effect"
 import { Driver, Export, ExportRegistry, MemoryDriver, NbdServer, protocolError } from "../src/index.ts"
 
 const SIZE = 64 * 1024 * 1024
@@ -14,7 +14,7 @@ const disk = Buffer.alloc(SIZE)
 /** A minimal driver: size, read and write; everything else gets a default. */
 const bufferDriver = Driver.make({
   name: "buffer",
-  description: Option.some("64 MiB in one buffer; sector 0 is protected"),
+  description: "64 MiB in one buffer; sector 0 is protected",
   size: Effect.succeed(SIZE),
   read: (offset, length) => Effect.succeed(disk.subarray(offset, offset + length)),
   write: (offset, data) =>

@@ -1,17 +1,23 @@
 /**
- * The storage driver: the service an export reads from and writes to.
+ * The storage driver: the service an export reads from and writes to, and the filters
+ * that stack on it.
  *
- * A driver is an `NbdDriver` service. Build one with {@link make}, which fills every
- * optional operation with a sensible default, so that a minimal driver is `size`,
- * `read` and (for a writable one) `write`. I/O methods fail with {@link ProtocolError}
- * (its errno goes back to the client); {@link NbdDriverShape.open}, asked during
- * negotiation, fails with {@link OptionReplyError}.
+ * A driver is an `NbdDriver` service with one required operation, {@link NbdDriverShape.open}:
+ * each client that selects the export opens it and gets a {@link DriverHandle}, scoped to
+ * the client's session, holding the I/O operations and the {@link Capabilities} the
+ * server obeys. Build a driver with {@link make} (shared state, every optional operation
+ * filled with a sensible default); build a filter with {@link filter}, which wraps the
+ * driver below and overrides only what it changes. I/O methods fail with
+ * {@link ProtocolError} (its errno goes back to the client); `open` fails with
+ * {@link OptionReplyError} to refuse a client.
  *
  * @since 0.1.0
  */
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
 import { type OptionReplyError, type ProtocolError, protocolError } from "./Errors.ts"
 import { AllocationState, DefaultBlockSize } from "./protocol/Constants.ts"
 
@@ -46,17 +52,22 @@ export interface ZeroOptions extends WriteOptions {
   readonly fastZero: boolean
 }
 
-/** What a driver can do; the server advertises transmission flags from it. */
-export interface Features {
+/**
+ * What a handle can do. The server advertises transmission flags from it and refuses
+ * what it does not offer; filters compute theirs from the capabilities below them.
+ */
+export interface Capabilities {
+  /** Writes, trims, zeroing and resizing are refused (READ_ONLY). */
+  readonly readOnly: boolean
   /** `flush` makes earlier writes durable (SEND_FLUSH). */
   readonly flush: boolean
   /** Writes honour `fua` themselves; otherwise the server follows a FUA write with a flush. */
   readonly fua: boolean
   /** `trim` may discard data (SEND_TRIM). */
   readonly trim: boolean
-  /** `writeZeroes` is implemented natively (not by writing zero buffers). */
+  /** `writeZeroes` is offered (SEND_WRITE_ZEROES). */
   readonly zero: boolean
-  /** `writeZeroes` with `fastZero` can succeed (SEND_FAST_ZERO is always offered with zeroing). */
+  /** `writeZeroes` with `fastZero` can succeed (otherwise answered ENOTSUP at once). */
   readonly fastZero: boolean
   /** `cache` is offered (SEND_CACHE). */
   readonly cache: boolean
@@ -66,14 +77,38 @@ export interface Features {
   readonly multiConn: boolean
   /** The medium is rotational (a scheduling hint). */
   readonly rotational: boolean
-  /** `blockStatus` reports real allocation (otherwise it reports everything as data). */
+  /** `blockStatus` reports real allocation; otherwise the server reports everything as data. */
   readonly blockStatus: boolean
+  readonly blockSize: BlockSize
+}
+
+/** How a client reached the server. */
+export type Transport =
+  | { readonly _tag: "Tcp"; readonly address: string; readonly port: number }
+  | { readonly _tag: "Unix"; readonly path: string }
+  | { readonly _tag: "InProcess" }
+
+/** Who a TLS client proved to be. */
+export interface TlsIdentity {
+  /** Subject of the client certificate (`CN=alice,O=example`), when one was presented. */
+  readonly subject: Option.Option<string>
+  /** PSK identity (user name), when a pre-shared key was used. */
+  readonly psk: Option.Option<string>
+}
+
+/** The client behind a connection, for drivers and filters that decide access or keep per-client state. */
+export interface ClientInfo {
+  /** Identifies the connection in logs. */
+  readonly connectionId: number
+  readonly transport: Transport
+  /** Set once the connection is encrypted. */
+  readonly tls: Option.Option<TlsIdentity>
 }
 
 /** What a client asked for when it selected an export. */
 export interface OpenRequest {
   readonly exportName: string
-  readonly readOnly: boolean
+  readonly client: ClientInfo
 }
 
 /**
@@ -94,20 +129,9 @@ export interface SyncOperations {
   readonly write: (offset: number, data: Uint8Array) => void
 }
 
-/** The operations of a storage driver. Offsets and lengths are byte counts. */
-export interface NbdDriverShape {
-  /** Name of the driver, for logs. */
-  readonly name: string
-  /** The driver cannot write: the export is read-only whatever the server is told. */
-  readonly readOnly: boolean
-  readonly blockSize: BlockSize
-  readonly features: Features
-  /** Canonical export name, sent as NBD_INFO_NAME when asked. */
-  readonly canonicalName: Option.Option<string>
-  /** Human-readable description, sent in LIST and NBD_INFO_DESCRIPTION. */
-  readonly description: Option.Option<string>
-  /** Asked when a client selects the export (INFO, GO, EXPORT_NAME); fail to refuse it. */
-  readonly open: (request: OpenRequest) => Effect.Effect<void, OptionReplyError>
+/** One client's view of an export: its capabilities and I/O operations. Offsets and lengths are byte counts. */
+export interface DriverHandle {
+  readonly capabilities: Capabilities
   /** Current size in bytes. */
   readonly size: Effect.Effect<number, ProtocolError>
   readonly read: (offset: number, length: number) => Effect.Effect<Uint8Array, ProtocolError>
@@ -119,10 +143,23 @@ export interface NbdDriverShape {
   /** Allocation of `[offset, offset + length)`: consecutive extents from `offset`, at least one. */
   readonly blockStatus: (offset: number, length: number) => Effect.Effect<ReadonlyArray<Extent>, ProtocolError>
   readonly resize: (size: number) => Effect.Effect<void, ProtocolError>
-  /** Called when a client's session on the export ends. */
-  readonly disconnect: Effect.Effect<void>
   /** Optional synchronous fast path (see {@link SyncOperations}). */
   readonly sync?: SyncOperations | undefined
+}
+
+/** A storage driver (or a driver with filters stacked on it). */
+export interface NbdDriverShape {
+  /** Name of the driver (and its filters), for logs. */
+  readonly name: string
+  /** Canonical export name, sent as NBD_INFO_NAME when asked. */
+  readonly canonicalName: Option.Option<string>
+  /** Human-readable description, sent in LIST and NBD_INFO_DESCRIPTION. */
+  readonly description: Option.Option<string>
+  /**
+   * Opens the export for a client (INFO, GO, EXPORT_NAME); fail to refuse it. The handle
+   * lives as long as the scope: the client's session, or the INFO option that asked.
+   */
+  readonly open: (request: OpenRequest) => Effect.Effect<DriverHandle, OptionReplyError, Scope.Scope>
 }
 
 /** The storage driver service. */
@@ -130,19 +167,40 @@ export class NbdDriver extends Context.Tag("effect-nbd/NbdDriver")<NbdDriver, Nb
 
 /** What {@link make} needs: `size` and `read`; everything else is optional. */
 export type DriverOptions =
-  & Pick<NbdDriverShape, "size" | "read">
-  & Partial<Omit<NbdDriverShape, "size" | "read" | "features" | "blockSize">>
+  & Pick<DriverHandle, "size" | "read">
+  & Partial<Omit<DriverHandle, "size" | "read" | "capabilities">>
   & {
-    readonly features?: Partial<Features> | undefined
+    readonly name?: string | undefined
+    readonly description?: string | undefined
+    readonly canonicalName?: string | undefined
+    /** Capabilities beyond those implied by the operations given. */
+    readonly capabilities?: Partial<Omit<Capabilities, "blockSize">> | undefined
     readonly blockSize?: Partial<BlockSize> | undefined
+    /** Asked when a client opens the export; fail to refuse it. */
+    readonly open?: ((request: OpenRequest) => Effect.Effect<void, OptionReplyError>) | undefined
   }
 
 const ZERO_CHUNK = 1024 * 1024
 
+/** Zeroing by writing zero buffers through `write` (never "fast"). */
+export const zeroesByWriting = (write: DriverHandle["write"]): DriverHandle["writeZeroes"] => (offset, length, options) =>
+  options.fastZero
+    ? Effect.fail(protocolError("ENOTSUP", "zeroing is not faster than writing"))
+    : Effect.gen(function*() {
+      const zeroes = new Uint8Array(Math.min(length, ZERO_CHUNK))
+      for (let done = 0; done < length; done += zeroes.length) {
+        const n = Math.min(zeroes.length, length - done)
+        yield* write(offset + done, zeroes.subarray(0, n), options)
+      }
+    })
+
+const unsupported = (what: string) => Effect.fail(protocolError("EINVAL", `${what} is not supported`))
+
 /**
- * Builds a driver, filling in what is left out:
+ * Builds a driver whose state is shared by every connection (each `open` returns the
+ * same handle), filling in what is left out:
  * - no `write`: read-only;
- * - no `flush`: FLUSH not offered, FUA not offered;
+ * - no `flush`: FLUSH and FUA not offered;
  * - no `trim`: TRIM not offered;
  * - no `writeZeroes`: zeroing done by writing zero buffers (never "fast");
  * - no `cache`: CACHE offered as a no-op hint;
@@ -151,54 +209,116 @@ const ZERO_CHUNK = 1024 * 1024
  */
 export const make = (options: DriverOptions): NbdDriverShape => {
   const write = options.write
-  const readOnly = options.readOnly ?? write === undefined
-  const writeOrFail: NbdDriverShape["write"] = write ??
+  const writeOrFail: DriverHandle["write"] = write ??
     (() => Effect.fail(protocolError("EPERM", "the export is read-only")))
-  const writeZeroes: NbdDriverShape["writeZeroes"] = options.writeZeroes ??
-    ((offset, length, zeroOptions) =>
-      zeroOptions.fastZero
-        ? Effect.fail(protocolError("ENOTSUP", "zeroing is not faster than writing"))
-        : Effect.gen(function*() {
-          const zeroes = new Uint8Array(Math.min(length, ZERO_CHUNK))
-          for (let done = 0; done < length; done += zeroes.length) {
-            const n = Math.min(zeroes.length, length - done)
-            yield* writeOrFail(offset + done, zeroes.subarray(0, n), zeroOptions)
-          }
-        }))
-  const features: Features = {
+  const capabilities: Capabilities = {
+    readOnly: write === undefined,
     flush: options.flush !== undefined,
     fua: false,
     trim: options.trim !== undefined,
-    zero: options.writeZeroes !== undefined,
+    zero: write !== undefined,
     fastZero: false,
     cache: true,
     resize: options.resize !== undefined,
     multiConn: false,
     rotational: false,
     blockStatus: options.blockStatus !== undefined,
-    ...options.features
+    ...options.capabilities,
+    blockSize: { ...DefaultBlockSize, ...options.blockSize }
   }
-  return {
-    name: options.name ?? "custom",
-    readOnly,
-    blockSize: { ...DefaultBlockSize, ...options.blockSize },
-    features,
-    canonicalName: options.canonicalName ?? Option.none(),
-    description: options.description ?? Option.none(),
-    open: options.open ?? (() => Effect.void),
+  const handle: DriverHandle = {
+    capabilities,
     size: options.size,
     read: options.read,
     write: writeOrFail,
-    flush: options.flush ?? Effect.fail(protocolError("EINVAL", "flush is not supported")),
-    trim: options.trim ?? (() => Effect.fail(protocolError("EINVAL", "trim is not supported"))),
-    writeZeroes,
+    flush: options.flush ?? unsupported("flush"),
+    trim: options.trim ?? (() => unsupported("trim")),
+    writeZeroes: options.writeZeroes ?? zeroesByWriting(writeOrFail),
     cache: options.cache ?? (() => Effect.void),
     blockStatus: options.blockStatus ?? ((_, length) => Effect.succeed([{ length, flags: 0 }])),
-    resize: options.resize ?? (() => Effect.fail(protocolError("EINVAL", "resize is not supported"))),
-    disconnect: options.disconnect ?? Effect.void,
+    resize: options.resize ?? (() => unsupported("resize")),
     sync: options.sync
   }
+  const check = options.open
+  return {
+    name: options.name ?? "custom",
+    canonicalName: Option.fromNullable(options.canonicalName),
+    description: Option.fromNullable(options.description),
+    open: check === undefined ? () => Effect.succeed(handle) : (request) => Effect.as(check(request), handle)
+  }
 }
+
+/**
+ * What a filter replaces in the handle below it. Capabilities are given as a function
+ * of those below (a filter that lowers one is obeyed by the server).
+ *
+ * The synchronous fast path of the handle below passes through only when the filter
+ * replaces none of `size`, `read` and `write`; a filter that does may give its own
+ * `sync` (or `sync: undefined` to drop it explicitly).
+ */
+export type HandleOverrides =
+  & Partial<Omit<DriverHandle, "capabilities">>
+  & { readonly capabilities?: ((below: Capabilities) => Capabilities) | undefined }
+
+/** Applies overrides to a handle (see {@link HandleOverrides} for the fast path rule). */
+export const override = (below: DriverHandle, overrides: HandleOverrides): DriverHandle => {
+  const { capabilities, ...operations } = overrides
+  const changesData = overrides.size !== undefined || overrides.read !== undefined || overrides.write !== undefined
+  const sync = "sync" in overrides ? overrides.sync : changesData ? undefined : below.sync
+  return {
+    ...below,
+    ...operations,
+    capabilities: capabilities === undefined ? below.capabilities : capabilities(below.capabilities),
+    sync
+  }
+}
+
+/** How a filter made with {@link filter} changes the driver below it. */
+export interface FilterOptions {
+  /** The filter's name; the stack is named `name+below`. */
+  readonly name: string
+  /** Replaces the description of the driver below. */
+  readonly description?: string | undefined
+  /**
+   * Called with the handle below each time a client opens the export (in the client's
+   * scope: finalizers run when its session ends); returns what the filter replaces.
+   */
+  readonly open: (
+    below: DriverHandle,
+    request: OpenRequest
+  ) => HandleOverrides | Effect.Effect<HandleOverrides, OptionReplyError, Scope.Scope>
+}
+
+/** Wraps a driver in a filter: the handle below is opened first, then the filter's overrides apply. */
+export const filter = (below: NbdDriverShape, options: FilterOptions): NbdDriverShape => ({
+  name: `${options.name}+${below.name}`,
+  canonicalName: below.canonicalName,
+  description: options.description === undefined ? below.description : Option.some(options.description),
+  open: (request) =>
+    Effect.flatMap(below.open(request), (handle) => {
+      const overrides = options.open(handle, request)
+      return Effect.isEffect(overrides)
+        ? Effect.map(overrides, (o) => override(handle, o))
+        : Effect.succeed(override(handle, overrides))
+    })
+})
+
+/**
+ * A filter: builds the driver it presents from the driver below, in the scope of the
+ * stack (state shared by every connection, such as a cache, lives there).
+ */
+export type Filter<E = never> = (below: NbdDriverShape) => Effect.Effect<NbdDriverShape, E, Scope.Scope>
+
+/** A filter as a layer: wraps the `NbdDriver` in context (stack them with `Layer.provide`). */
+export const filterLayer = <E>(f: Filter<E>): Layer.Layer<NbdDriver, E, NbdDriver> =>
+  Layer.scoped(NbdDriver, Effect.flatMap(NbdDriver, f))
+
+/** Applies filters to a driver, the first named nearest the client (nbdkit's order). */
+export const stack = <E>(
+  driver: NbdDriverShape,
+  filters: ReadonlyArray<Filter<E>>
+): Effect.Effect<NbdDriverShape, E, Scope.Scope> =>
+  Effect.reduce([...filters].reverse(), driver, (below, f) => f(below))
 
 /** `AllocationState` flags of a range that is unallocated and reads as zeroes. */
 export const HOLE_ZERO = AllocationState.HOLE | AllocationState.ZERO

@@ -9,9 +9,15 @@
 import * as Schema from "effect/Schema"
 import { Errno, ReplyError } from "./protocol/Constants.ts"
 
-/** The errno names allowed on the wire. */
-export const ErrnoName = Schema.Literal("EPERM", "EIO", "ENOMEM", "EINVAL", "ENOSPC", "EOVERFLOW", "ENOTSUP", "ESHUTDOWN")
+const namesOf = <K extends string>(table: Record<K, number>) => Object.keys(table) as [K, ...Array<K>]
+
+/** The errno names allowed on the wire (the keys of {@link Errno}). */
+export const ErrnoName = Schema.Literal(...namesOf(Errno))
 export type ErrnoName = typeof ErrnoName.Type
+
+/** The name of an errno number from the wire, if it is one the protocol defines. */
+export const errnoName = (code: number): ErrnoName | undefined =>
+  ErrnoName.literals.find((name) => Errno[name] === code)
 
 /**
  * A request failed: the client gets `errno` (and, with structured replies, `message`).
@@ -60,20 +66,13 @@ export const errnoFromSystemError = (cause: unknown): ErrnoName => {
   }
 }
 
-/** The `NBD_REP_ERR_*` names. */
-export const ReplyErrorName = Schema.Literal(
-  "UNSUP",
-  "POLICY",
-  "INVALID",
-  "PLATFORM",
-  "TLS_REQD",
-  "UNKNOWN",
-  "SHUTDOWN",
-  "BLOCK_SIZE_REQD",
-  "TOO_BIG",
-  "EXT_HEADER_REQD"
-)
+/** The `NBD_REP_ERR_*` names (the keys of {@link ReplyError}). */
+export const ReplyErrorName = Schema.Literal(...namesOf(ReplyError))
 export type ReplyErrorName = typeof ReplyErrorName.Type
+
+/** The name of an option error reply type from the wire, if the protocol defines it. */
+export const replyErrorName = (code: number): ReplyErrorName | undefined =>
+  ReplyErrorName.literals.find((name) => ReplyError[name] === code)
 
 /** An option failed: the client gets the `NBD_REP_ERR_<reply>` reply with `message`. */
 export class OptionReplyError extends Schema.TaggedError<OptionReplyError>()("OptionReplyError", {

@@ -10,22 +10,23 @@ import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { NbdDriver, type NbdDriverShape } from "./Driver.ts"
 import { type OptionReplyError, optionReplyError } from "./Errors.ts"
+import * as ReadOnly from "./filters/ReadOnly.ts"
 
-/** One export: a name clients ask for, a driver, and whether writes are refused. */
+/** One export: a name clients ask for and the driver stack behind it. */
 export interface NbdExport {
   /** Name clients select; the default export answers the empty name too. */
   readonly name: string
   /** Description for LIST and NBD_INFO_DESCRIPTION; the driver's own when absent. */
   readonly description: Option.Option<string>
+  /** The driver, with its filters; what it can do (read-only included) comes from the handles it opens. */
   readonly driver: NbdDriverShape
-  /** The server refuses writes even when the driver could write. */
-  readonly readOnly: boolean
 }
 
 /** Options of an export besides its driver. */
 export interface ExportOptions {
   readonly name?: string | undefined
   readonly description?: string | undefined
+  /** Stack the `readonly` filter on the driver. */
   readonly readOnly?: boolean | undefined
 }
 
@@ -33,8 +34,7 @@ export interface ExportOptions {
 export const make = (driver: NbdDriverShape, options: ExportOptions = {}): NbdExport => ({
   name: options.name ?? "",
   description: Option.orElse(Option.fromNullable(options.description), () => driver.description),
-  driver,
-  readOnly: (options.readOnly ?? false) || driver.readOnly
+  driver: options.readOnly === true ? ReadOnly.apply(driver) : driver
 })
 
 /** The exports a server offers. */

@@ -9,7 +9,21 @@
 export * as NbdClient from "./client/NbdClient.ts"
 export * as Driver from "./Driver.ts"
 export { NbdDriver } from "./Driver.ts"
-export type { BlockSize, Extent, Features, NbdDriverShape, WriteOptions, ZeroOptions } from "./Driver.ts"
+export type {
+  BlockSize,
+  Capabilities,
+  ClientInfo,
+  DriverHandle,
+  Extent,
+  Filter,
+  NbdDriverShape,
+  OpenRequest,
+  SyncOperations,
+  TlsIdentity,
+  Transport,
+  WriteOptions,
+  ZeroOptions
+} from "./Driver.ts"
 export * as FileDriver from "./drivers/File.ts"
 export * as MemoryDriver from "./drivers/Memory.ts"
 export * from "./Errors.ts"

@@ -21,7 +21,7 @@ import { DEFAULT_PORT } from "../protocol/Constants.ts"
 import * as Server from "../server/Server.ts"
 import * as Tls from "../server/Tls.ts"
 import { parseExportSpec } from "./ExportSpec.ts"
-import { formatSize, parseSize } from "./Size.ts"
+import { formatSize, parseSize } from "../Size.ts"
 
 const port = Options.integer("port").pipe(
   Options.withAlias("p"),
@@ -98,8 +98,17 @@ const tlsConfig = (options: Listen) =>
     return yield* Tls.loadCertificates(options.tlsCertificates.value, options.tlsMode, options.tlsVerifyPeer)
   })
 
+/** An export to serve, and whether it was made read-only (for the line that announces it). */
+interface Served {
+  readonly export: Export.NbdExport
+  /** The driver at the bottom of the stack. */
+  readonly driver: string
+  readonly readOnly: boolean
+}
+
 /** Serves exports until interrupted, printing their URIs. */
-const serveExports = (options: Listen, exports: ReadonlyArray<Export.NbdExport>) => {
+const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
+  const exports = served.map((s) => s.export)
   const listen: Server.ListenOptions = Option.match(options.socket, {
     onNone: () => ({ host: options.host, port: options.port }),
     onSome: (path) => ({ path })
@@ -108,9 +117,9 @@ const serveExports = (options: Listen, exports: ReadonlyArray<Export.NbdExport>)
     const tls = yield* tlsConfig(options)
     return yield* Effect.gen(function*() {
       const server = yield* Server.NbdServer
-      for (const exp of exports) {
+      for (const { driver, export: exp, readOnly } of served) {
         yield* Console.log(
-          `effect-nbd: serving ${exp.driver.name} export${exp.readOnly ? " (read-only)" : ""} at ` +
+          `effect-nbd: serving ${driver} export${readOnly ? " (read-only)" : ""} at ` +
             Server.uri(server.address, exp.name, { tls: tls?.mode === "require" })
         )
       }
@@ -139,13 +148,15 @@ const fileDriver = (path: string, readOnly: boolean, description: string | undef
   FileDriver.make({ path, readOnly, description }).pipe(Effect.mapError((e) => new Error(e.message)))
 
 const single = (options: Common, driver: NbdDriverShape) =>
-  serveExports(options, [
-    Export.make(driver, {
+  serveExports(options, [{
+    export: Export.make(driver, {
       name: options.exportName,
       description: Option.getOrUndefined(options.description),
       readOnly: options.readOnly
-    })
-  ])
+    }),
+    driver: driver.name,
+    readOnly: options.readOnly
+  }])
 
 const memory = Command.make(
   "memory",
@@ -196,7 +207,11 @@ const serve = Command.make(
           spec.driver === "memory"
             ? memoryDriver(spec.size, spec.description)
             : fileDriver(spec.path, spec.readOnly, spec.description),
-          (driver) => Export.make(driver, { name: spec.name, description: spec.description, readOnly: spec.readOnly })
+          (driver) => ({
+            export: Export.make(driver, { name: spec.name, description: spec.description, readOnly: spec.readOnly }),
+            driver: driver.name,
+            readOnly: spec.readOnly
+          })
         ))
       return yield* serveExports(options, exports)
     }))

@@ -7,7 +7,7 @@
  * @since 0.1.0
  */
 import * as Either from "effect/Either"
-import { parseSize } from "./Size.ts"
+import { parseSize } from "../Size.ts"
 
 /** A parsed export specification. */
 export type ExportSpec = {

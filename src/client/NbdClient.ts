@@ -19,19 +19,17 @@ import * as Scope from "effect/Scope"
 import type { Duplex } from "node:stream"
 import * as tls from "node:tls"
 import type { Extent } from "../Driver.ts"
-import { type ErrnoName, ProtocolError } from "../Errors.ts"
+import { type ErrnoName, errnoName, ProtocolError, type ReplyErrorName, replyErrorName } from "../Errors.ts"
 import {
   ChunkType,
   ClientFlags,
   Command,
   CommandFlags,
-  Errno,
   EXTENDED_REPLY_MAGIC,
   HandshakeFlags,
   Info,
   Option as Opt,
   Reply,
-  ReplyError,
   ReplyFlags,
   SIMPLE_REPLY_MAGIC,
   STRUCTURED_REPLY_MAGIC
@@ -63,14 +61,15 @@ export interface ExportInfo {
 /** An option reply of error type, with its message. */
 export class OptionRefused extends Data.TaggedError("OptionRefused")<{
   readonly option: number
+  /** The `NBD_REP_ERR_*` name, or the number in hex when the protocol defines none. */
+  readonly reply: ReplyErrorName | `0x${string}`
   readonly replyType: number
   readonly message: string
-}> {
-  /** The `NBD_REP_ERR_*` name, when known. */
-  get reply(): string {
-    return Object.entries(ReplyError).find(([, v]) => v === this.replyType)?.[0] ?? `0x${this.replyType.toString(16)}`
-  }
-}
+}> {}
+
+/** Makes an {@link OptionRefused} from a reply, naming its error type. */
+const refused = (option: number, replyType: number, message: string) =>
+  new OptionRefused({ option, replyType, message, reply: replyErrorName(replyType) ?? `0x${replyType.toString(16)}` })
 
 /** Negotiation in progress. */
 export interface OptionSession {
@@ -140,8 +139,7 @@ export interface NbdClient {
   readonly disconnect: Effect.Effect<void>
 }
 
-const errnoName = (code: number): ErrnoName =>
-  (Object.entries(Errno).find(([, v]) => v === code)?.[0] as ErrnoName | undefined) ?? "EINVAL"
+const errnoOf = (code: number): ErrnoName => errnoName(code) ?? "EINVAL"
 
 const utf8 = new TextDecoder()
 const EMPTY = new Uint8Array(0)
@@ -151,7 +149,7 @@ const decodeOrFail = <A>(schema: Schema.Schema<A, Uint8Array>, bytes: Uint8Array
     Effect.mapError((e) => new ClientError({ message: `malformed ${what}: ${e.message}` }))
   )
 
-const closed = (e: FrameReader.ConnectionClosed) => new ClientError({ message: `connection closed: ${e.reason}` })
+const closed = (e: FrameReader.ConnectionClosed) => new ClientError({ message: `connection closed: ${e.description}` })
 
 /** Reads the greeting and answers it; the reader and writer live as long as the scope. */
 export const handshake = (
@@ -208,7 +206,7 @@ export const handshake = (
         const last = replies[replies.length - 1]!
         return last.replyType === Reply.ACK
           ? Effect.succeed(replies.slice(0, -1))
-          : Effect.fail(new OptionRefused({ option: code, replyType: last.replyType, message: utf8.decode(last.data) }))
+          : Effect.fail(refused(code, last.replyType, utf8.decode(last.data)))
       })
 
     let structured = false
@@ -387,13 +385,13 @@ const transmission = (
           if (type === ChunkType.ERROR_OFFSET) {
             const failure = yield* decodeOrFail(Wire.ErrorOffsetPayload, payload, "ERROR_OFFSET chunk")
             p.error ??= new ProtocolError({
-              errno: errnoName(failure.error),
+              errno: errnoOf(failure.error),
               message: failure.message,
               offset: Number(failure.offset)
             })
           } else {
             const failure = yield* decodeOrFail(Wire.ErrorPayload, payload, "ERROR chunk")
-            p.error ??= new ProtocolError({ errno: errnoName(failure.error), message: failure.message })
+            p.error ??= new ProtocolError({ errno: errnoOf(failure.error), message: failure.message })
           }
         } else if (type === ChunkType.OFFSET_DATA) {
           const data = yield* decodeOrFail(Wire.OffsetData, payload, "OFFSET_DATA chunk")
@@ -450,7 +448,7 @@ const transmission = (
       const cookie = view.getBigUint64(4)
       const p = yield* take(cookie)
       if (error !== 0) {
-        return settle(cookie, p, Effect.fail(new ProtocolError({ errno: errnoName(error), message: "simple reply error" })))
+        return settle(cookie, p, Effect.fail(new ProtocolError({ errno: errnoOf(error), message: "simple reply error" })))
       }
       const data = p.type === Command.READ ? yield* read(p.length) : EMPTY
       settle(cookie, p, Effect.succeed(Uint8Array.from(data)))

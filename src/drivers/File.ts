@@ -7,7 +7,6 @@
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as Driver from "../Driver.ts"
@@ -74,8 +73,8 @@ export const make = (options: FileOptions): Effect.Effect<Driver.NbdDriverShape,
 
     return Driver.make({
       name: "file",
-      description: Option.fromNullable(options.description),
-      features: { multiConn: true },
+      description: options.description,
+      capabilities: { multiConn: true },
       size: Effect.map(call<fs.Stats>("fstat", (done) => fs.fstat(fd, done)), (s) => s.size),
       read,
       ...(readOnly ? {} : {

@@ -8,7 +8,6 @@
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Driver from "../Driver.ts"
 import { protocolError } from "../Errors.ts"
 
@@ -160,8 +159,8 @@ export const make = (options: MemoryOptions): Effect.Effect<Driver.NbdDriverShap
 export const fromStore = (store: SparseMemory, description?: string): Driver.NbdDriverShape =>
   Driver.make({
     name: "memory",
-    description: Option.fromNullable(description),
-    features: { fua: true, zero: true, fastZero: true, multiConn: true, blockStatus: true },
+    description,
+    capabilities: { fua: true, fastZero: true, multiConn: true, blockStatus: true },
     size: Effect.sync(() => store.size),
     read: (offset, length) => Effect.sync(() => store.read(offset, length)),
     write: (offset, data) => Effect.sync(() => store.write(offset, data)),

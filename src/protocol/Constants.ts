@@ -73,9 +73,6 @@ export const ReplyError = {
   EXT_HEADER_REQD: ERR + 10
 } as const
 
-/** The name of an option error reply. */
-export type ReplyErrorName = keyof typeof ReplyError
-
 /** Information types of `NBD_REP_INFO` (`NBD_INFO_*`). */
 export const Info = {
   EXPORT: 0,
@@ -159,9 +156,6 @@ export const Errno = {
   ENOTSUP: 95,
   ESHUTDOWN: 108
 } as const
-
-/** The name of a transmission error number. */
-export type ErrnoName = keyof typeof Errno
 
 /** Flags of the `base:allocation` meta context. */
 export const AllocationState = {

@@ -6,7 +6,8 @@
  * @since 0.1.0
  */
 import * as Metric from "effect/Metric"
-import { Command, commandName, type ErrnoName } from "../protocol/Constants.ts"
+import type { ErrnoName } from "../Errors.ts"
+import { Command, commandName } from "../protocol/Constants.ts"
 
 /** Connections accepted. */
 export const connections = Metric.counter("nbd_connections_total", { description: "NBD connections accepted" })

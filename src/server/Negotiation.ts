@@ -10,8 +10,12 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
+import type { Capabilities, ClientInfo, DriverHandle, TlsIdentity } from "../Driver.ts"
 import type { NbdExport } from "../Export.ts"
 import { ExportRegistry } from "../Export.ts"
 import { type OptionReplyError, optionReplyError, ProtocolViolation } from "../Errors.ts"
@@ -23,13 +27,13 @@ import {
   HandshakeFlags,
   Info,
   Option as Opt,
-  Reply,
-  TransmissionFlags
+  Reply
 } from "../protocol/Constants.ts"
 import * as Handshake from "../protocol/Handshake.ts"
 import * as OptionData from "../protocol/OptionData.ts"
 import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
+import { transmissionFlags } from "./RequestCheck.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
 import type { Shutdown } from "./Shutdown.ts"
 
@@ -42,6 +46,8 @@ export interface MetaContext {
 /** What negotiation agreed on, for the transmission phase. */
 export interface Negotiated {
   readonly export: NbdExport
+  /** The export opened for this client, for the life of the session. */
+  readonly handle: DriverHandle
   /** Size of the export when it was selected. */
   readonly size: number
   readonly transmissionFlags: number
@@ -72,7 +78,7 @@ export interface StartTls {
    * TLS handshake; the result is a reader and writer over the encrypted connection.
    */
   readonly start: (acknowledge: Effect.Effect<void>) => Effect.Effect<
-    { readonly reader: FrameReader; readonly writer: FrameWriter },
+    { readonly reader: FrameReader; readonly writer: FrameWriter; readonly identity: TlsIdentity },
     ProtocolViolation | ConnectionClosed
   >
 }
@@ -86,30 +92,15 @@ export interface NegotiationContext {
   readonly shutdown: Shutdown
   /** STARTTLS, when the server has TLS configured. */
   readonly tls?: StartTls | undefined
+  /** Who is connecting (the TLS identity is added once the connection is encrypted). */
+  readonly client: Omit<ClientInfo, "tls">
 }
 
 /** Id of `base:allocation` in SET_META_CONTEXT replies. */
 export const BASE_ALLOCATION_ID = 1
 
-/** The transmission flags of an export for a client. */
-export const transmissionFlagsFor = (exp: NbdExport, structuredReplies: boolean): number => {
-  const f = exp.driver.features
-  let flags = TransmissionFlags.HAS_FLAGS
-  if (exp.readOnly) flags |= TransmissionFlags.READ_ONLY
-  if (f.flush) flags |= TransmissionFlags.SEND_FLUSH
-  if (!exp.readOnly && (f.fua || f.flush)) flags |= TransmissionFlags.SEND_FUA
-  if (f.rotational) flags |= TransmissionFlags.ROTATIONAL
-  if (!exp.readOnly && f.trim) flags |= TransmissionFlags.SEND_TRIM
-  if (!exp.readOnly) flags |= TransmissionFlags.SEND_WRITE_ZEROES | TransmissionFlags.SEND_FAST_ZERO
-  if (structuredReplies) flags |= TransmissionFlags.SEND_DF
-  if (f.multiConn) flags |= TransmissionFlags.CAN_MULTI_CONN
-  if (!exp.readOnly && f.resize) flags |= TransmissionFlags.SEND_RESIZE
-  if (f.cache) flags |= TransmissionFlags.SEND_CACHE
-  return flags
-}
-
 /** True when an export needs constraints beyond the defaults (minimum block above 1). */
-const needsBlockSize = (exp: NbdExport): boolean => exp.driver.blockSize.minimum > DefaultBlockSize.minimum
+const needsBlockSize = (caps: Capabilities): boolean => caps.blockSize.minimum > DefaultBlockSize.minimum
 
 const KNOWN_CLIENT_FLAGS = ClientFlags.C_FIXED_NEWSTYLE | ClientFlags.C_NO_ZEROES
 
@@ -124,13 +115,15 @@ const utf8 = new TextDecoder("utf-8", { fatal: true })
 export const negotiate = (ctx: NegotiationContext): Effect.Effect<
   Outcome,
   ConnectionClosed | ProtocolViolation,
-  ExportRegistry
+  ExportRegistry | Scope.Scope
 > =>
   Effect.gen(function*() {
     const { config } = ctx
     let { reader, writer } = ctx
+    let tlsIdentity = Option.none<TlsIdentity>()
     let tlsActive = false
     const registry = yield* ExportRegistry
+    const sessionScope = yield* Effect.scope
 
     yield* writer.send([
       Handshake.Greeting.encodeUnsafe({ handshakeFlags: HandshakeFlags.FIXED_NEWSTYLE | HandshakeFlags.NO_ZEROES })
@@ -156,26 +149,50 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         reply(option, error.code, new TextEncoder().encode(error.message.slice(0, 1024)))
       )
 
-    /** Looks an export up and lets its driver accept or refuse the client. */
+    /**
+     * Looks an export up and opens it for the client (its driver may refuse). The handle
+     * lives in a scope of its own, closed after INFO or with the session after GO.
+     */
     const select = (name: string) =>
       Effect.gen(function*() {
         const exp = yield* registry.get(name)
-        yield* exp.driver.open({ exportName: name, readOnly: exp.readOnly })
-        const size = yield* exp.driver.size.pipe(
-          Effect.mapError((e) => optionReplyError("UNKNOWN", `export '${name}' is unavailable: ${e.message}`))
-        )
-        return { exp, size }
+        const scope = yield* Scope.fork(sessionScope, ExecutionStrategy.sequential)
+        const client: ClientInfo = { ...ctx.client, tls: tlsIdentity }
+        const opened = Effect.gen(function*() {
+          const handle = yield* Scope.extend(exp.driver.open({ exportName: name, client }), scope)
+          const size = yield* handle.size.pipe(
+            Effect.mapError((e) => optionReplyError("UNKNOWN", `export '${name}' is unavailable: ${e.message}`))
+          )
+          return { exp, handle, size, scope }
+        })
+        return yield* Effect.onError(opened, () => Scope.close(scope, Exit.void))
       })
 
     /** INFO and GO: info replies, then ACK; GO moves to transmission. */
     const infoOrGo = (option: number, data: Uint8Array) =>
       Effect.gen(function*() {
         const request = yield* decodeOrInvalid(OptionData.InfoRequest, data, "INFO/GO request")
-        const { exp, size } = yield* select(request.name)
-        const transmissionFlags = transmissionFlagsFor(exp, structuredReplies)
+        const { exp, handle, scope, size } = yield* select(request.name)
+        return yield* Effect.onExit(
+          reportExport(option, request, exp, handle, size),
+          (exit) => (Exit.isSuccess(exit) && option === Opt.GO ? Effect.void : Scope.close(scope, Exit.void))
+        )
+      })
+
+    /** The INFO replies of an opened export, then ACK; for GO, what transmission starts with. */
+    const reportExport = (
+      option: number,
+      request: typeof OptionData.InfoRequest.Type,
+      exp: NbdExport,
+      handle: DriverHandle,
+      size: number
+    ) =>
+      Effect.gen(function*() {
+        const caps = handle.capabilities
+        const flags = transmissionFlags(caps, structuredReplies)
         const asked = new Set(request.requests)
-        const blockSize = exp.driver.blockSize
-        yield* reply(option, Reply.INFO, OptionData.InfoExport.encodeUnsafe({ size: BigInt(size), transmissionFlags }))
+        const blockSize = caps.blockSize
+        yield* reply(option, Reply.INFO, OptionData.InfoExport.encodeUnsafe({ size: BigInt(size), transmissionFlags: flags }))
         if (asked.has(Info.NAME)) {
           const name = Option.getOrElse(exp.driver.canonicalName, () => exp.name)
           yield* reply(option, Reply.INFO, OptionData.InfoName.encodeUnsafe({ name }))
@@ -183,10 +200,10 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         if (asked.has(Info.DESCRIPTION) && Option.isSome(exp.description)) {
           yield* reply(option, Reply.INFO, OptionData.InfoDescription.encodeUnsafe({ description: exp.description.value }))
         }
-        if (asked.has(Info.BLOCK_SIZE) || needsBlockSize(exp)) {
+        if (asked.has(Info.BLOCK_SIZE) || needsBlockSize(caps)) {
           yield* reply(option, Reply.INFO, OptionData.InfoBlockSize.encodeUnsafe(blockSize))
         }
-        if (!asked.has(Info.BLOCK_SIZE) && needsBlockSize(exp)) {
+        if (!asked.has(Info.BLOCK_SIZE) && needsBlockSize(caps)) {
           return yield* optionReplyError(
             "BLOCK_SIZE_REQD",
             `export '${exp.name}' needs ${blockSize.minimum}-byte alignment: request NBD_INFO_BLOCK_SIZE`
@@ -199,8 +216,9 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
           : []
         return Option.some<Negotiated>({
           export: exp,
+          handle,
           size,
-          transmissionFlags,
+          transmissionFlags: flags,
           structuredReplies,
           extendedHeaders,
           metaContexts
@@ -274,13 +292,21 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         if (selected._tag === "Left") {
           return yield* new ProtocolViolation({ message: `EXPORT_NAME refused: ${selected.left.message}` })
         }
-        const { exp, size } = selected.right
-        const transmissionFlags = transmissionFlagsFor(exp, structuredReplies)
+        const { exp, handle, size } = selected.right
+        const flags = transmissionFlags(handle.capabilities, structuredReplies)
         const message = noZeroes ? Handshake.ExportNameReplyNoZeroes : Handshake.ExportNameReply
-        yield* writer.send([message.encodeUnsafe({ size: BigInt(size), transmissionFlags })])
+        yield* writer.send([message.encodeUnsafe({ size: BigInt(size), transmissionFlags: flags })])
         return {
           _tag: "Transmission",
-          negotiated: { export: exp, size, transmissionFlags, structuredReplies, extendedHeaders, metaContexts: [] },
+          negotiated: {
+            export: exp,
+            handle,
+            size,
+            transmissionFlags: flags,
+            structuredReplies,
+            extendedHeaders,
+            metaContexts: []
+          },
           reader,
           writer
         } as const
@@ -292,6 +318,7 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         const upgraded = yield* ctx.tls.start(reply(option, Reply.ACK))
         reader = upgraded.reader
         writer = upgraded.writer
+        tlsIdentity = Option.some(upgraded.identity)
         tlsActive = true
         // Everything negotiated in the clear is forgotten.
         structuredReplies = false

@@ -4,8 +4,8 @@
  *
  * Closing the layer's scope (interrupting the program, SIGINT/SIGTERM under
  * `NodeRuntime.runMain`) answers new requests and options with ESHUTDOWN / ERR_SHUTDOWN,
- * lets in-flight requests finish, closes every session and the listener, and flushes
- * every export's driver.
+ * lets in-flight requests finish, flushes each session's handle, and closes every
+ * session and the listener.
  *
  * @since 0.1.0
  */
@@ -16,7 +16,9 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import { ExportRegistry } from "../Export.ts"
+import type { Socket } from "node:net"
+import type { Transport } from "../Driver.ts"
+import type { ExportRegistry } from "../Export.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ServerConfig from "./ServerConfig.ts"
 import * as Session from "./Session.ts"
@@ -44,14 +46,23 @@ export interface ServerState {
   connections: number
   /** Sessions running now. */
   active: number
+  /** Opened once shutdown began and no session is left. */
+  readonly drained: Effect.Latch
 }
 
 /** A fresh state. */
-export const makeState: Effect.Effect<ServerState> = Effect.map(Shutdown.make, (shutdown) => ({
+export const makeState: Effect.Effect<ServerState> = Effect.zipWith(Shutdown.make, Effect.makeLatch(false), (shutdown, drained) => ({
   shutdown,
   connections: 0,
-  active: 0
+  active: 0,
+  drained
 }))
+
+/** The transport of an accepted socket. */
+const transportOf = (socket: Socket, address: SocketServer.Address): Transport =>
+  address._tag === "UnixAddress"
+    ? { _tag: "Unix", path: address.path }
+    : { _tag: "Tcp", address: socket.remoteAddress ?? "", port: socket.remotePort ?? 0 }
 
 /**
  * Serves NBD on the `SocketServer` in context until interrupted. Each connection runs
@@ -71,16 +82,18 @@ export const serve = (
         Metrics.connections.unsafeUpdate(1, [])
         Metrics.activeSessions.unsafeUpdate(state.active, [])
         raw.value.setNoDelay(true)
+        const transport = transportOf(raw.value, server.address)
         return Effect.zipRight(
-          Effect.logDebug(`connection from ${raw.value.remoteAddress ?? "a local socket"}`).pipe(
+          Effect.logDebug(`connection from ${transport._tag === "Tcp" ? transport.address : "a local socket"}`).pipe(
             Effect.annotateLogs({ connection: connectionId })
           ),
           // The session annotates its own logs with the connection id.
-          Session.run(raw.value, { config, connectionId, shutdown: state.shutdown })
+          Session.run(raw.value, { config, connectionId, shutdown: state.shutdown, transport })
         ).pipe(
           Effect.ensuring(Effect.sync(() => {
             state.active--
             Metrics.activeSessions.unsafeUpdate(state.active, [])
+            if (state.active === 0 && state.shutdown.isShuttingDown()) state.drained.unsafeOpen()
           }))
         )
       })
@@ -94,10 +107,10 @@ export const serve = (
 const drain = (config: ServerConfig.ServerConfig, state: ServerState) =>
   Effect.gen(function*() {
     yield* state.shutdown.trigger
-    if (state.active > 0) yield* Effect.logInfo(`shutting down: ${state.active} session(s) finishing`)
+    if (state.active === 0) return
+    yield* Effect.logInfo(`shutting down: ${state.active} session(s) finishing`)
     // Finalizers are uninterruptible: the wait must be made interruptible for the timeout to cut it.
-    yield* Effect.sleep(10).pipe(
-      Effect.repeat({ until: () => state.active === 0 }),
+    yield* state.drained.await.pipe(
       Effect.interruptible,
       Effect.timeout(config.shutdownGraceMillis),
       Effect.catchTag("TimeoutException", () =>
@@ -105,17 +118,6 @@ const drain = (config: ServerConfig.ServerConfig, state: ServerState) =>
     )
   })
 
-/** Flushes every export's driver, so that nothing acknowledged is left unwritten. */
-const flushAll = Effect.gen(function*() {
-  const registry = yield* ExportRegistry
-  const exports = yield* registry.list
-  yield* Effect.forEach(exports, (exp) =>
-    exp.driver.features.flush
-      ? exp.driver.flush.pipe(
-        Effect.catchAll((e) => Effect.logError(`flushing export '${exp.name}' at shutdown failed: ${e.message}`))
-      )
-      : Effect.void, { discard: true })
-})
 
 /** A layer running an NBD server for the exports in context, listening where told. */
 export const layer = (
@@ -128,9 +130,7 @@ export const layer = (
       const config = ServerConfig.make(options)
       const socketServer = yield* SocketServer.SocketServer
       const state = yield* makeState
-      // Finalizers run last-added first: drain sessions, stop the server, then flush drivers.
-      const exports = yield* ExportRegistry
-      yield* Effect.addFinalizer(() => Effect.provideService(flushAll, ExportRegistry, exports))
+      // Finalizers run last-added first: drain sessions (each flushes its handle), then stop the server.
       yield* serve(config, state).pipe(
         Effect.tapErrorCause((cause) => Effect.logError("NBD server failed", cause)),
         Effect.forkScoped

@@ -9,8 +9,11 @@
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Scope from "effect/Scope"
+import * as Option from "effect/Option"
 import type { Duplex } from "node:stream"
-import { ExportRegistry } from "../Export.ts"
+import type * as tls from "node:tls"
+import type { TlsIdentity, Transport } from "../Driver.ts"
+import type { ExportRegistry } from "../Export.ts"
 import * as FrameReader from "../stream/FrameReader.ts"
 import * as Negotiation from "./Negotiation.ts"
 import * as FrameWriter from "../stream/FrameWriter.ts"
@@ -26,6 +29,17 @@ export interface SessionOptions {
   readonly connectionId: number
   /** The server's shutdown signal. */
   readonly shutdown: Shutdown
+  /** How the client is connected (in process when absent). */
+  readonly transport?: Transport | undefined
+}
+
+/** The identity a TLS client proved: its certificate's subject, or its PSK user. */
+export const tlsIdentity = (socket: tls.TLSSocket): TlsIdentity => {
+  const certificate = socket.getPeerCertificate()
+  const subject = certificate !== null && typeof certificate === "object" && certificate.subject !== undefined
+    ? Option.some(Object.entries(certificate.subject).map(([key, value]) => `${key}=${String(value)}`).join(","))
+    : Option.none()
+  return { subject, psk: Option.none() }
 }
 
 /** Serves one client over a byte stream (a socket, a TLS socket, or an in-process pipe). */
@@ -57,14 +71,16 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
             yield* Effect.async<void>((resume) => {
               stream.write(new Uint8Array(0), () => resume(Effect.void))
             })
-            const secure = yield* attach(yield* Tls.upgrade(stream, tlsConfig))
+            const socket = yield* Tls.upgrade(stream, tlsConfig)
+            const secure = yield* attach(socket)
             reader = secure.reader
             writer = secure.writer
-            return secure
+            return { ...secure, identity: tlsIdentity(socket) }
           })
       }
 
-      const outcome = yield* Negotiation.negotiate({ reader, writer, config, shutdown, tls })
+      const client = { connectionId: options.connectionId, transport: options.transport ?? { _tag: "InProcess" as const } }
+      const outcome = yield* Negotiation.negotiate({ reader, writer, config, shutdown, tls, client })
       if (outcome._tag === "Aborted") {
         yield* Effect.logDebug("client aborted negotiation")
         return
@@ -75,17 +91,15 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
         `client selected export '${exp.name}' (${negotiated.size} bytes, ` +
           `${negotiated.structuredReplies ? "structured" : "simple"} replies)`
       )
-      yield* Transmission.serve({ reader: outcome.reader, writer: outcome.writer, config, negotiated, shutdown }).pipe(
-        Effect.ensuring(exp.driver.disconnect)
-      )
+      yield* Transmission.serve({ reader: outcome.reader, writer: outcome.writer, config, negotiated, shutdown })
       yield* Effect.logDebug("client disconnected")
     })
   ).pipe(
     Effect.catchTags({
       ConnectionClosed: (e) =>
-        e.missing > 0 && e.reason !== "end of stream"
-          ? Effect.logInfo(`connection lost: ${e.reason}`)
-          : Effect.logDebug(`connection closed by the client: ${e.reason}`),
+        e.missing > 0 && e.reason !== "end-of-stream"
+          ? Effect.logInfo(`connection lost: ${e.description}`)
+          : Effect.logDebug(`connection closed by the client: ${e.description}`),
       ProtocolViolation: (e) => Effect.logWarning(`closing connection: ${e.message}`)
     }),
     Effect.catchAllCause((cause) =>

@@ -13,12 +13,34 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { Duplex } from "node:stream"
 
+/** Why a stream stopped delivering bytes. */
+export type CloseReason =
+  /** The peer ended its side cleanly (FIN). */
+  | "end-of-stream"
+  /** The stream was closed or destroyed without an end. */
+  | "closed"
+  /** The stream failed (reset, TLS error...); `detail` says how. */
+  | "error"
+
 /** The peer closed the connection (or it failed) before the bytes asked for arrived. */
 export class ConnectionClosed extends Data.TaggedError("ConnectionClosed")<{
-  readonly reason: string
+  readonly reason: CloseReason
+  /** The underlying error's message, for `error`. */
+  readonly detail?: string | undefined
   /** Bytes still missing from the read that failed. */
   readonly missing: number
-}> {}
+}> {
+  /** A readable account of the close, for logs. */
+  get description(): string {
+    return this.detail === undefined ? this.reason : `${this.reason}: ${this.detail}`
+  }
+}
+
+/** How a stream closed: the reason and, for errors, the message. */
+export interface Closed {
+  readonly reason: CloseReason
+  readonly detail?: string | undefined
+}
 
 /** A reader of exact byte counts. */
 export interface FrameReader {
@@ -38,8 +60,8 @@ export interface FrameReader {
   readonly want: (n: number) => void
   /** Calls `listener` whenever bytes arrive or the stream closes; returns a function that stops it. */
   readonly onReadable: (listener: () => void) => () => void
-  /** Why the stream closed, once it has. */
-  readonly closedReason: () => string | undefined
+  /** How the stream closed, once it has. */
+  readonly closedReason: () => Closed | undefined
   /** Stops listening to the stream (before handing it over, as for STARTTLS). */
   readonly detach: () => void
 }
@@ -68,7 +90,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
   const chunks: Array<Buffer> = []
   let head = 0 // bytes of chunks[0] already consumed
   let total = 0 // bytes buffered and unread
-  let closed: string | undefined
+  let closed: Closed | undefined
   let waiter: Waiter | undefined
   let paused = false
   let wanted = 0
@@ -138,19 +160,19 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     notify()
   }
 
-  const onClose = (reason: string) => () => {
+  const onClose = (reason: CloseReason, detail?: string) => () => {
     if (closed !== undefined) return
-    closed = reason
+    closed = { reason, detail }
     if (waiter !== undefined) {
       const w = waiter
       waiter = undefined
-      w.resume(Effect.fail(new ConnectionClosed({ reason, missing: w.n - total })))
+      w.resume(Effect.fail(new ConnectionClosed({ reason, detail, missing: w.n - total })))
     }
     notify()
   }
-  const onEnd = onClose("end of stream")
-  const onStreamClose = onClose("connection closed")
-  const onError = (error: Error) => onClose(`connection error: ${error.message}`)()
+  const onEnd = onClose("end-of-stream")
+  const onStreamClose = onClose("closed")
+  const onError = (error: Error) => onClose("error", error.message)()
 
   stream.on("data", onData)
   stream.on("end", onEnd)
@@ -167,7 +189,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
         return Effect.succeed(out)
       }
       if (closed !== undefined) {
-        return Effect.fail(new ConnectionClosed({ reason: closed, missing: n - total }))
+        return Effect.fail(new ConnectionClosed({ ...closed, missing: n - total }))
       }
       return Effect.async<Uint8Array, ConnectionClosed>((resume) => {
         waiter = { n, resume }

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Either from "effect/Either"
 import { parseExportSpec } from "../../src/cli/ExportSpec.ts"
-import { formatSize, parseSize } from "../../src/cli/Size.ts"
+import { formatSize, parseSize } from "../../src/Size.ts"
 
 describe("sizes", () => {
   it("reads plain numbers and binary suffixes", () => {

@@ -15,6 +15,7 @@ import * as Export from "../../src/Export.ts"
 import { Command, CommandFlags } from "../../src/protocol/Constants.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 import * as TestServer from "../support/TestServer.ts"
+import { adjusted } from "../support/InProcess.ts"
 
 const MiB = 1024 * 1024
 const SIZE = 64 * MiB
@@ -32,7 +33,9 @@ beforeAll(async () => {
       Export.make(MemoryDriver.fromStore(writable), { name: "rw" }),
       Export.make(MemoryDriver.fromStore(new MemoryDriver.SparseMemory(SIZE)), { name: "ro", readOnly: true }),
       Export.make(
-        { ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(SIZE)), blockSize: { minimum: 4096, preferred: 4096, maximum: MiB } },
+        adjusted(MemoryDriver.fromStore(new MemoryDriver.SparseMemory(SIZE)), () => ({
+          capabilities: (caps) => ({ ...caps, blockSize: { minimum: 4096, preferred: 4096, maximum: MiB } })
+        })),
         { name: "aligned" }
       )
     ]

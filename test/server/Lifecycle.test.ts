@@ -21,7 +21,7 @@ import * as OptionData from "../../src/protocol/OptionData.ts"
 import * as Wire from "../../src/protocol/Transmission.ts"
 import * as Shutdown from "../../src/server/Shutdown.ts"
 import { pattern } from "../support/Bytes.ts"
-import { duplexPair, serverStream } from "../support/InProcess.ts"
+import { adjusted, duplexPair, serverStream } from "../support/InProcess.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const MiB = 1024 * 1024
@@ -106,10 +106,9 @@ describe("session lifecycle", () => {
 
   it("a synchronous driver returning the wrong number of bytes gets EIO, and the stream stays in sync", scoped(async (run) => {
     const memory = MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB))
-    const broken: Driver.NbdDriverShape = {
-      ...memory,
-      sync: { ...memory.sync!, read: (offset, length) => (offset === 0 ? [new Uint8Array(length - 1)] : [length]) }
-    }
+    const broken = adjusted(memory, (below) => ({
+      sync: { ...below.sync!, read: (offset, length) => (offset === 0 ? [new Uint8Array(length - 1)] : [length]) }
+    }))
     for (const structuredReplies of [false, true]) {
       const stream = await run(serverStream().pipe(Effect.provide(Layer.succeed(Export.ExportRegistry, Export.ExportRegistry.fromExports([Export.make(broken)])))))
       const client = await run(Client.connect(stream, { structuredReplies }))

@@ -7,7 +7,7 @@ import * as MemoryDriver from "../../src/drivers/Memory.ts"
 import * as Export from "../../src/Export.ts"
 import { HandshakeFlags, Info, Option, Reply, ReplyError, TransmissionFlags } from "../../src/protocol/Constants.ts"
 import * as OptionData from "../../src/protocol/OptionData.ts"
-import { serverStream } from "../support/InProcess.ts"
+import { adjusted, serverStream } from "../support/InProcess.ts"
 
 const MiB = 1024 * 1024
 
@@ -168,10 +168,9 @@ describe("negotiation", () => {
   const aligned = Layer.succeed(
     Export.ExportRegistry,
     Export.ExportRegistry.fromExports([
-      Export.make({
-        ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)),
-        blockSize: { minimum: 512, preferred: 4096, maximum: MiB }
-      })
+      Export.make(adjusted(MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)), () => ({
+        capabilities: (caps) => ({ ...caps, blockSize: { minimum: 512, preferred: 4096, maximum: MiB } })
+      })))
     ])
   )
   it.layer(aligned)((it) => {
@@ -210,10 +209,9 @@ describe("transmission flags", () => {
   const rotational = Layer.succeed(
     Export.ExportRegistry,
     Export.ExportRegistry.fromExports([
-      Export.make({
-        ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)),
-        features: { ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)).features, rotational: true, multiConn: false }
-      })
+      Export.make(adjusted(MemoryDriver.fromStore(new MemoryDriver.SparseMemory(MiB)), () => ({
+        capabilities: (caps) => ({ ...caps, rotational: true, multiConn: false })
+      })))
     ])
   )
   it.layer(rotational)((it) => {

@@ -15,6 +15,7 @@ import * as Export from "../../src/Export.ts"
 import { ReplyError } from "../../src/protocol/Constants.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 import * as TestServer from "../support/TestServer.ts"
+import { adjusted } from "../support/InProcess.ts"
 
 describe("graceful shutdown", () => {
   it("finishes in-flight writes, refuses new work, flushes, then closes", { timeout: 15_000 }, async () => {
@@ -23,18 +24,17 @@ describe("graceful shutdown", () => {
     const gate = Effect.runSync(Deferred.make<void>())
     let writesStarted = 0
     let flushes = 0
-    const driver = {
-      ...memory,
-      sync: undefined, // every write must go through the gate
-      write: (offset: number, data: Uint8Array, options: { readonly fua: boolean }) =>
+    // Replacing write drops the fast path: every write goes through the gate.
+    const driver = adjusted(memory, (below) => ({
+      write: (offset, data, options) =>
         Effect.sync(() => writesStarted++).pipe(
           Effect.zipRight(Deferred.await(gate)),
-          Effect.zipRight(memory.write(offset, data, options))
+          Effect.zipRight(below.write(offset, data, options))
         ),
       flush: Effect.sync(() => {
         flushes++
       })
-    }
+    }))
     const server = await TestServer.start({ exports: [Export.make(driver)], config: { shutdownGraceMillis: 1_000 } })
     const scope = Effect.runSync(Scope.make())
     const run = <A, E>(effect: Effect.Effect<A, E, Scope.Scope>) =>

@@ -11,7 +11,7 @@ import { protocolError } from "../../src/Errors.ts"
 import * as Export from "../../src/Export.ts"
 import { AllocationState, Command, CommandFlags } from "../../src/protocol/Constants.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
-import { driverLayer, exportsOf, serverStream } from "../support/InProcess.ts"
+import { adjusted, driverLayer, exportsOf, serverStream } from "../support/InProcess.ts"
 
 const MiB = 1024 * 1024
 const SIZE = 64 * MiB
@@ -27,7 +27,7 @@ const errnoOf = <A, R>(effect: Effect.Effect<A, Client.ClientError | import("../
 const memoryVariants = {
   sync: MemoryDriver.layer({ size: SIZE }),
   effect: Layer.map(MemoryDriver.layer({ size: SIZE }), (ctx) =>
-    Context.make(Driver.NbdDriver, { ...Context.get(ctx, Driver.NbdDriver), sync: undefined }))
+    Context.make(Driver.NbdDriver, adjusted(Context.get(ctx, Driver.NbdDriver), () => ({ sync: undefined }))))
 }
 
 /** Runs the same checks with simple replies, structured replies and extended headers, on both paths. */
@@ -121,12 +121,11 @@ describe("disconnect", () => {
   const memory = MemoryDriver.fromStore(store)
   const gate = Effect.runSync(Deferred.make<void>())
   let started = 0
-  const gated = driverLayer({
-    ...memory,
-    sync: undefined, // every write must go through the gate
+  const gated = driverLayer(adjusted(memory, (below) => ({
+    // Replacing write drops the fast path: every write goes through the gate.
     write: (offset, data, options) =>
-      Effect.sync(() => started++).pipe(Effect.zipRight(Deferred.await(gate)), Effect.zipRight(memory.write(offset, data, options)))
-  })
+      Effect.sync(() => started++).pipe(Effect.zipRight(Deferred.await(gate)), Effect.zipRight(below.write(offset, data, options)))
+  })))
 
   it.layer(exportsOf(gated))((it) => {
     it.scoped("DISC lets in-flight requests finish before the connection closes", () =>
@@ -263,10 +262,9 @@ describe("transmission details", () => {
   })
 
   it.layer(Layer.succeed(Export.ExportRegistry, Export.ExportRegistry.fromExports([
-    Export.make({
-      ...MemoryDriver.fromStore(new MemoryDriver.SparseMemory(SIZE)),
-      blockSize: { minimum: 512, preferred: 4096, maximum: MiB }
-    })
+    Export.make(adjusted(MemoryDriver.fromStore(new MemoryDriver.SparseMemory(SIZE)), () => ({
+      capabilities: (caps) => ({ ...caps, blockSize: { minimum: 512, preferred: 4096, maximum: MiB } })
+    })))
   ])))((it) => {
     it.scoped("requests misaligned to the minimum block size or over the maximum are EINVAL", () =>
       Effect.gen(function*() {

@@ -6,7 +6,8 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import { Duplex } from "node:stream"
-import { NbdDriver, type NbdDriverShape } from "../../src/Driver.ts"
+import * as Driver from "../../src/Driver.ts"
+import { type DriverHandle, type HandleOverrides, NbdDriver, type NbdDriverShape } from "../../src/Driver.ts"
 import * as Export from "../../src/Export.ts"
 import * as ServerConfig from "../../src/server/ServerConfig.ts"
 import * as Session from "../../src/server/Session.ts"
@@ -70,3 +71,9 @@ export const exportsOf = (
 
 /** A driver layer from a shape. */
 export const driverLayer = (driver: NbdDriverShape): Layer.Layer<NbdDriver> => Layer.succeed(NbdDriver, driver)
+
+/** A driver whose handles are those of `driver` with some operations replaced (a one-off filter). */
+export const adjusted = (
+  driver: NbdDriverShape,
+  overrides: (below: DriverHandle) => HandleOverrides
+): NbdDriverShape => Driver.filter(driver, { name: "test", open: (below) => overrides(below) })

@@ -1,0 +1,36 @@
+/**
+ * Drivers and filters known by name: their documentation, and how each is built from
+ * text parameters (the command line's `effect-nbd DRIVER ARG` and `--filter NAME:K=V,...`).
+ *
+ * @since 0.2.0
+ */
+import type * as Effect from "effect/Effect"
+import type * as Either from "effect/Either"
+import type * as Scope from "effect/Scope"
+import type { Filter, NbdDriverShape } from "./Driver.ts"
+import type { ParameterDoc, ParameterError } from "./Params.ts"
+
+/** A filter by name. */
+export interface FilterPlugin {
+  readonly name: string
+  /** One line: what the filter does. */
+  readonly summary: string
+  readonly parameters: ReadonlyArray<ParameterDoc>
+  /** Builds the filter from its parameters (refused ones fail with a message naming what is accepted). */
+  readonly make: (parameters: ReadonlyMap<string, string>) => Either.Either<Filter<unknown>, ParameterError>
+}
+
+/** A driver by name. */
+export interface DriverPlugin {
+  readonly name: string
+  /** One line: what the driver serves. */
+  readonly summary: string
+  /** The positional argument (`SIZE`, `PATH`, `URI`), if the driver takes one. */
+  readonly argument?: { readonly name: string; readonly description: string } | undefined
+  readonly parameters: ReadonlyArray<ParameterDoc>
+  /** Builds the driver, in the scope of the server, from its argument and parameters. */
+  readonly make: (
+    argument: string,
+    parameters: ReadonlyMap<string, string>
+  ) => Either.Either<Effect.Effect<NbdDriverShape, unknown, Scope.Scope>, ParameterError>
+}

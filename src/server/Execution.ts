@@ -1,0 +1,184 @@
+/**
+ * Running checked requests on a driver handle and answering them: one dispatch by
+ * command, one completion per outcome, shared by the synchronous fast path (READ and
+ * WRITE on handles with `sync`, answered without a fiber) and the Effect path.
+ *
+ * @since 0.2.0
+ */
+import * as Effect from "effect/Effect"
+import type { DriverHandle, Extent } from "../Driver.ts"
+import { type ProtocolError, protocolError } from "../Errors.ts"
+import { Command, CommandFlags, commandName, Errno } from "../protocol/Constants.ts"
+import type { Encoder } from "../protocol/Replies.ts"
+import type { FrameWriter } from "../stream/FrameWriter.ts"
+import * as Metrics from "./Metrics.ts"
+import type { Request } from "./Request.ts"
+import { checkBounds } from "./RequestCheck.ts"
+
+/** What execution needs from the session. */
+export interface ExecutionContext {
+  readonly handle: DriverHandle
+  readonly encoder: Encoder
+  readonly writer: FrameWriter
+  readonly extended: boolean
+  /** Ids of the selected meta contexts (`base:allocation` is the only one). */
+  readonly metaContextIds: ReadonlyArray<number>
+  /** Runs a short effect (a log line) from synchronous code. */
+  readonly log: (effect: Effect.Effect<void>) => void
+}
+
+/** Runs requests that passed the checks. */
+export interface Execution {
+  /**
+   * Runs a request: answered synchronously (the result is `undefined`), or the effect
+   * that runs and answers it (it never fails).
+   */
+  readonly run: (req: Request, payload: ReadonlyArray<Uint8Array>) => Effect.Effect<void> | undefined
+  /** Answers a request with an error. */
+  readonly fail: (req: Request, error: ProtocolError) => void
+}
+
+/** Largest extent of a BLOCK_STATUS chunk, aligned to 512 bytes: 32-bit, or 64-bit with extended headers. */
+const MAX_EXTENT = 0xffffffff - (0xffffffff % 512)
+const MAX_EXTENT_EXT = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % 512)
+
+/** The answer to a driver defect (logged as well). */
+const driverDefect = protocolError("EIO", "internal error in the driver")
+
+const fuaOf = (req: Request) => (req.flags & CommandFlags.FUA) !== 0
+
+/** Clips extents to the request and to the largest extent length; REQ_ONE keeps the first only. */
+export const fitExtents = (extents: ReadonlyArray<Extent>, req: Request, maxExtent: number): Array<Extent> => {
+  const out: Array<Extent> = []
+  let covered = 0
+  for (const extent of extents) {
+    if (covered >= req.length || extent.length <= 0) break
+    const length = Math.min(extent.length, req.length - covered, maxExtent)
+    out.push({ length, flags: extent.flags })
+    covered += length
+    if (length < extent.length || (req.flags & CommandFlags.REQ_ONE) !== 0) break
+  }
+  return out
+}
+
+/** Execution of requests on one session's handle. */
+export const make = (ctx: ExecutionContext): Execution => {
+  const { encoder, handle, writer } = ctx
+  const caps = handle.capabilities
+  const maxExtent = ctx.extended ? MAX_EXTENT_EXT : MAX_EXTENT
+
+  // ---- completions, shared by both paths ----------------------------------------------
+  const fail = (req: Request, error: ProtocolError) => {
+    Metrics.countError(error.errno)
+    const at = error.offset
+    const inRange = at !== undefined && at >= req.offset && at < req.offset + req.length && req.type !== Command.RESIZE
+    writer.write(encoder.error(req, Errno[error.errno], error.message, inRange ? at : undefined))
+  }
+  const ok = (req: Request) => writer.write(encoder.ok(req))
+  const readDone = (req: Request, pieces: ReadonlyArray<Uint8Array | number>) => {
+    const length = pieces.reduce<number>((n, piece) => n + (typeof piece === "number" ? piece : piece.length), 0)
+    if (length !== req.length) return fail(req, protocolError("EIO", `driver returned ${length} bytes for a read of ${req.length}`))
+    Metrics.bytesRead.unsafeUpdate(req.length, [])
+    writer.write(encoder.read(req, req.length, pieces, (req.flags & CommandFlags.DF) !== 0))
+  }
+  const written = (req: Request) => {
+    Metrics.bytesWritten.unsafeUpdate(req.length, [])
+    ok(req)
+  }
+  const statusDone = (req: Request, extents: ReadonlyArray<Extent>) => {
+    const fitted = fitExtents(extents, req, maxExtent)
+    if (fitted.length === 0) return fail(req, protocolError("EIO", "driver returned no extent"))
+    writer.write(encoder.blockStatus(req, ctx.metaContextIds.map((id) => ({ id, extents: fitted }))))
+  }
+  const defect = (req: Request, cause: unknown) => {
+    ctx.log(Effect.logError(`driver defect in ${commandName(req.type)}`, cause))
+    fail(req, driverDefect)
+  }
+
+  // ---- the synchronous path -----------------------------------------------------------
+  const sync = handle.sync
+  /** READ and WRITE on a handle with synchronous operations (FUA only when native). */
+  const runSync = (req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
+    if (sync === undefined || (req.type !== Command.READ && req.type !== Command.WRITE)) return false
+    if (req.type === Command.WRITE && fuaOf(req) && !caps.fua) return false
+    try {
+      const outOfBounds = checkBounds(req, sync.size())
+      if (outOfBounds !== undefined) fail(req, outOfBounds)
+      else if (req.type === Command.READ) readDone(req, sync.read(req.offset, req.length))
+      else {
+        let at = req.offset
+        for (const piece of payload) {
+          sync.write(at, piece)
+          at += piece.length
+        }
+        written(req)
+      }
+    } catch (cause) {
+      defect(req, cause)
+    }
+    return true
+  }
+
+  // ---- the Effect path ----------------------------------------------------------------
+  /** FUA on a handle without native FUA: follow the write with a flush. */
+  const afterWrite = (req: Request) => (fuaOf(req) && !caps.fua && caps.flush ? handle.flush : Effect.void)
+  const thenOk = (req: Request) => Effect.sync(() => ok(req))
+
+  const dispatch = (req: Request, payload: ReadonlyArray<Uint8Array>): Effect.Effect<void, ProtocolError> => {
+    const fua = fuaOf(req)
+    switch (req.type) {
+      case Command.READ:
+        return Effect.map(handle.read(req.offset, req.length), (data) => readDone(req, [data]))
+      case Command.WRITE: {
+        const data = payload.length === 1 ? payload[0]! : Buffer.concat(payload)
+        return handle.write(req.offset, data, { fua }).pipe(
+          Effect.zipRight(afterWrite(req)),
+          Effect.map(() => written(req))
+        )
+      }
+      case Command.FLUSH:
+        return Effect.zipRight(handle.flush, thenOk(req))
+      case Command.TRIM:
+        return handle.trim(req.offset, req.length, { fua }).pipe(Effect.zipRight(afterWrite(req)), Effect.zipRight(thenOk(req)))
+      case Command.WRITE_ZEROES: {
+        const noHole = (req.flags & CommandFlags.NO_HOLE) !== 0
+        const fastZero = (req.flags & CommandFlags.FAST_ZERO) !== 0
+        return handle.writeZeroes(req.offset, req.length, { fua, noHole, fastZero }).pipe(
+          Effect.zipRight(afterWrite(req)),
+          Effect.zipRight(thenOk(req))
+        )
+      }
+      case Command.CACHE:
+        // Some clients send CACHE unadvertised: a successful no-op then.
+        return caps.cache ? Effect.zipRight(handle.cache(req.offset, req.length), thenOk(req)) : thenOk(req)
+      case Command.BLOCK_STATUS:
+        return caps.blockStatus
+          ? Effect.map(handle.blockStatus(req.offset, req.length), (extents) => statusDone(req, extents))
+          : Effect.sync(() => statusDone(req, [{ length: req.length, flags: 0 }]))
+      case Command.RESIZE:
+        return Effect.zipRight(handle.resize(req.offset), thenOk(req))
+      default:
+        return Effect.fail(protocolError("EINVAL", `unknown command ${req.type}`))
+    }
+  }
+
+  const runEffect = (req: Request, payload: ReadonlyArray<Uint8Array>): Effect.Effect<void> =>
+    handle.size.pipe(
+      Effect.flatMap((size) => {
+        const outOfBounds = checkBounds(req, size)
+        return outOfBounds === undefined ? dispatch(req, payload) : Effect.fail(outOfBounds)
+      }),
+      Effect.catchAllDefect((cause) => Effect.sync(() => defect(req, cause))),
+      Effect.catchAll((error) =>
+        Effect.zipRight(
+          Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
+          Effect.sync(() => fail(req, error))
+        )
+      )
+    )
+
+  return {
+    run: (req, payload) => (runSync(req, payload) ? undefined : runEffect(req, payload)),
+    fail
+  }
+}
