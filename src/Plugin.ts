@@ -31,6 +31,13 @@ export interface DriverPlugin {
   /** Builds the driver, in the scope of the server, from its argument and parameters. */
   readonly make: (
     argument: string,
-    parameters: ReadonlyMap<string, string>
+    parameters: ReadonlyMap<string, string>,
+    options?: DriverPluginOptions | undefined
   ) => Either.Either<Effect.Effect<NbdDriverShape, unknown, Scope.Scope>, ParameterError>
+}
+
+/** What every driver is told besides its own parameters. */
+export interface DriverPluginOptions {
+  /** The export will be read-only: a driver may open its storage read-only. */
+  readonly readOnly: boolean
 }

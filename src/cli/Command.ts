@@ -13,15 +13,14 @@ import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
-import type { NbdDriverShape } from "../Driver.ts"
-import * as FileDriver from "../drivers/File.ts"
-import * as MemoryDriver from "../drivers/Memory.ts"
+import * as Catalog from "../Catalog.ts"
+import * as Driver from "../Driver.ts"
 import * as Export from "../Export.ts"
+import type { DriverPlugin } from "../Plugin.ts"
 import { DEFAULT_PORT } from "../protocol/Constants.ts"
 import * as Server from "../server/Server.ts"
 import * as Tls from "../server/Tls.ts"
 import { parseExportSpec } from "./ExportSpec.ts"
-import { formatSize, parseSize } from "../Size.ts"
 
 const port = Options.integer("port").pipe(
   Options.withAlias("p"),
@@ -79,11 +78,6 @@ type Listen = {
 }
 
 const common = { ...listenOptions, exportName, description, readOnly }
-type Common = Listen & {
-  readonly exportName: string
-  readonly description: Option.Option<string>
-  readonly readOnly: boolean
-}
 
 const usageError = (message: string) => Effect.fail(new Error(message))
 
@@ -139,60 +133,97 @@ const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
   )
 }
 
-const memoryDriver = (size: number, description: string | undefined) =>
-  size > MemoryDriver.MAX_SIZE
-    ? usageError(`size ${size} exceeds the memory driver's maximum of ${MemoryDriver.MAX_SIZE} bytes`)
-    : MemoryDriver.make({ size, description: description ?? `${formatSize(size)} in-memory export` })
+const filtersOption = Options.text("filter").pipe(
+  Options.repeated,
+  Options.withDescription(
+    "Stack a filter: NAME or NAME:KEY=VALUE,... (repeatable; the first given is nearest the client), " +
+      `one of ${Catalog.filters.map((f) => f.name).join(", ")}`
+  )
+)
 
-const fileDriver = (path: string, readOnly: boolean, description: string | undefined) =>
-  FileDriver.make({ path, readOnly, description }).pipe(Effect.mapError((e) => new Error(e.message)))
+const orUsage = <A>(either: Either.Either<A, { readonly message: string }>) =>
+  Either.match(either, { onLeft: (e) => usageError(e.message), onRight: Effect.succeed })
 
-const single = (options: Common, driver: NbdDriverShape) =>
-  serveExports(options, [{
-    export: Export.make(driver, {
-      name: options.exportName,
-      description: Option.getOrUndefined(options.description),
-      readOnly: options.readOnly
-    }),
-    driver: driver.name,
-    readOnly: options.readOnly
-  }])
+/** A failure while building a driver or filter, as a one-line usage error. */
+const buildError = (e: unknown) => new Error(typeof e === "object" && e !== null && "message" in e ? String(e.message) : String(e))
 
-const memory = Command.make(
-  "memory",
-  {
-    ...common,
-    size: Args.text({ name: "size" }).pipe(
-      Args.withDescription("Export size, e.g. 1G, 512M, 1T (sparse: costs nothing until written)")
-    )
-  },
-  (options) =>
-    Effect.gen(function*() {
-      const size = yield* Either.match(parseSize(options.size), { onLeft: usageError, onRight: Effect.succeed })
-      const driver = yield* memoryDriver(size, Option.getOrUndefined(options.description))
-      return yield* single(options, driver)
-    })
-).pipe(Command.withDescription("Serve a sparse in-memory export of the given size"))
+/** What one export is made of, as the command line gives it. */
+interface ExportRequest {
+  readonly name: string
+  readonly driver: string
+  readonly argument: string
+  readonly parameters: ReadonlyMap<string, string>
+  /** Filter specifications, nearest the client first. */
+  readonly filters: ReadonlyArray<string>
+  readonly readOnly: boolean
+  readonly description: string | undefined
+}
 
-const file = Command.make(
-  "file",
-  { ...common, path: Args.text({ name: "path" }).pipe(Args.withDescription("A regular file to export")) },
-  (options) =>
-    Effect.scoped(Effect.gen(function*() {
-      const driver = yield* fileDriver(options.path, options.readOnly, Option.getOrUndefined(options.description))
-      return yield* single(options, driver)
-    }))
-).pipe(Command.withDescription("Serve a regular file (multi-connection; FLUSH and FUA are fdatasync)"))
+/** Builds an export's driver and filters in the scope of the command. */
+const buildExport = (request: ExportRequest) =>
+  Effect.gen(function*() {
+    const plugin = yield* orUsage(Catalog.driver(request.driver))
+    const makeDriver = yield* orUsage(plugin.make(request.argument, request.parameters, { readOnly: request.readOnly }))
+    const filters = yield* Effect.forEach(request.filters, (spec) => orUsage(Catalog.filter(spec)))
+    const driver = yield* Effect.mapError(makeDriver, buildError)
+    const stacked = yield* Effect.mapError(Driver.stack(driver, filters), buildError)
+    const exp = Export.make(stacked, { name: request.name, description: request.description, readOnly: request.readOnly })
+    return { export: exp, driver: plugin.name, readOnly: request.readOnly }
+  })
+
+/** Key=value arguments after a driver's main argument. */
+const parametersOf = (items: ReadonlyArray<string>) =>
+  Effect.forEach(items, (item) => {
+    const eq = item.indexOf("=")
+    return eq > 0 ? Effect.succeed([item.slice(0, eq), item.slice(eq + 1)] as const) : usageError(`'${item}' is not KEY=VALUE`)
+  }).pipe(Effect.map((pairs) => new Map(pairs)))
+
+/** The subcommand of one driver: `effect-nbd DRIVER ARGUMENT [KEY=VALUE...] [options]`. */
+const driverCommand = (plugin: DriverPlugin) =>
+  Command.make(
+    plugin.name,
+    {
+      ...common,
+      filters: filtersOption,
+      argument: Args.text({ name: plugin.argument?.name ?? "argument" }).pipe(
+        Args.withDescription(plugin.argument?.description ?? "")
+      ),
+      parameters: Args.text({ name: "KEY=VALUE" }).pipe(
+        Args.repeated,
+        Args.withDescription(
+          plugin.parameters.length === 0
+            ? "none"
+            : plugin.parameters.map((p) => `${p.name}=${p.default === undefined ? "" : ` (default ${p.default})`}`).join(", ")
+        )
+      )
+    },
+    (options) =>
+      Effect.scoped(Effect.gen(function*() {
+        const parameters = yield* parametersOf(options.parameters)
+        const served = yield* buildExport({
+          name: options.exportName,
+          driver: plugin.name,
+          argument: options.argument,
+          parameters,
+          filters: options.filters,
+          readOnly: options.readOnly,
+          description: Option.getOrUndefined(options.description)
+        })
+        return yield* serveExports(options, [served])
+      }))
+  ).pipe(Command.withDescription(`Serve ${plugin.summary}`))
 
 const serve = Command.make(
   "serve",
   {
     ...listenOptions,
+    filters: filtersOption,
     exports: Args.text({ name: "export" }).pipe(
       Args.atLeast(1),
       Args.withDescription(
-        "NAME=DRIVER:ARGUMENT[,read-only][,description=TEXT], e.g. disk=file:/srv/disk.img scratch=memory:1T; " +
-          "the first export is also the default one"
+        "NAME=DRIVER:ARGUMENT[,read-only][,KEY=VALUE...][,filter=NAME:K=V;K=V...][,description=TEXT], " +
+          "e.g. disk=file:/srv/disk.img,filter=cow scratch=memory:1T; the first export is also the default one; " +
+          "--filter applies to every export, outside its own filters"
       )
     )
   },
@@ -202,25 +233,16 @@ const serve = Command.make(
         Either.match(parseExportSpec(text), { onLeft: usageError, onRight: Effect.succeed }))
       const names = new Set(specs.map((spec) => spec.name))
       if (names.size !== specs.length) return yield* usageError("two exports have the same name")
-      const exports = yield* Effect.forEach(specs, (spec) =>
-        Effect.map(
-          spec.driver === "memory"
-            ? memoryDriver(spec.size, spec.description)
-            : fileDriver(spec.path, spec.readOnly, spec.description),
-          (driver) => ({
-            export: Export.make(driver, { name: spec.name, description: spec.description, readOnly: spec.readOnly }),
-            driver: driver.name,
-            readOnly: spec.readOnly
-          })
-        ))
-      return yield* serveExports(options, exports)
+      const served = yield* Effect.forEach(specs, (spec) =>
+        buildExport({ ...spec, filters: [...options.filters, ...spec.filters] }))
+      return yield* serveExports(options, served)
     }))
-).pipe(Command.withDescription("Serve several exports, memory or file, from one server"))
+).pipe(Command.withDescription("Serve several exports, each a driver with its own filters, from one server"))
 
 /** The root command. */
 export const command = Command.make("effect-nbd").pipe(
   Command.withDescription("A Network Block Device (NBD) server"),
-  Command.withSubcommands([memory, file, serve])
+  Command.withSubcommands([serve, ...Catalog.drivers.map(driverCommand)])
 )
 
 /** Runs the command line on `argv`. */

@@ -1,23 +1,32 @@
 /**
- * Export specifications on the command line:
- * `NAME=DRIVER:ARGUMENT[,read-only][,description=TEXT]`, for example
- * `disk=file:/srv/disk.img`, `scratch=memory:1T`, `iso=file:/srv/debian.iso,read-only`,
+ * Export specifications of `effect-nbd serve`:
+ * `NAME=DRIVER:ARGUMENT[,read-only][,KEY=VALUE...][,filter=FILTER...][,description=TEXT]`,
+ * for example `disk=file:/srv/disk.img,filter=cow`, `scratch=memory:1T`,
+ * `iso=file:/srv/debian.iso,read-only`, `slow=memory:1G,filter=delay:read=10ms;write=20ms`,
  * `=memory:1G,description=the default export` (an empty name is the default export).
+ *
+ * `KEY=VALUE` items are the driver's parameters; in a `filter=` item the filter's own
+ * parameters are separated by `;` (the spec's items are separated by commas). Filters
+ * are listed nearest the client first. `description=` takes the rest of the text.
  *
  * @since 0.1.0
  */
 import * as Either from "effect/Either"
-import { parseSize } from "../Size.ts"
 
-/** A parsed export specification. */
-export type ExportSpec = {
+/** A parsed export specification (the driver and filters are looked up when the export is built). */
+export interface ExportSpec {
   readonly name: string
+  readonly driver: string
+  readonly argument: string
+  /** The driver's `KEY=VALUE` parameters. */
+  readonly parameters: ReadonlyMap<string, string>
+  /** Filter specifications as `--filter` takes them (`NAME:KEY=VALUE,...`), nearest the client first. */
+  readonly filters: ReadonlyArray<string>
   readonly readOnly: boolean
   readonly description: string | undefined
-} & (
-  | { readonly driver: "memory"; readonly size: number }
-  | { readonly driver: "file"; readonly path: string }
-)
+}
+
+const KNOWN = "read-only, KEY=VALUE (driver parameters), filter=NAME[:KEY=VALUE;...], description=TEXT"
 
 /** Parses one specification. */
 export const parseExportSpec = (text: string): Either.Either<ExportSpec, string> => {
@@ -26,8 +35,6 @@ export const parseExportSpec = (text: string): Either.Either<ExportSpec, string>
   if (equals < 0 || colon < 0) {
     return Either.left(`'${text}' is not NAME=DRIVER:ARGUMENT (e.g. disk=memory:1G or disk=file:/path/disk.img)`)
   }
-  const name = text.slice(0, equals)
-  const driver = text.slice(equals + 1, colon)
   let rest = text.slice(colon + 1)
   let description: string | undefined
   const at = rest.indexOf(",description=")
@@ -35,20 +42,24 @@ export const parseExportSpec = (text: string): Either.Either<ExportSpec, string>
     description = rest.slice(at + ",description=".length)
     rest = rest.slice(0, at)
   }
-  const [argument = "", ...flags] = rest.split(",")
+  const [argument = "", ...items] = rest.split(",")
+  const parameters = new Map<string, string>()
+  const filters: Array<string> = []
   let readOnly = false
-  for (const flag of flags) {
-    if (flag === "read-only" || flag === "ro") readOnly = true
-    else return Either.left(`unknown export option '${flag}' in '${text}' (known: read-only, description=TEXT)`)
+  for (const item of items) {
+    const eq = item.indexOf("=")
+    if (item === "read-only" || item === "ro") readOnly = true
+    else if (item.startsWith("filter=")) filters.push(item.slice("filter=".length).replaceAll(";", ","))
+    else if (eq > 0) parameters.set(item.slice(0, eq), item.slice(eq + 1))
+    else return Either.left(`unknown export option '${item}' in '${text}' (known: ${KNOWN})`)
   }
-  switch (driver) {
-    case "memory":
-      return Either.map(parseSize(argument), (size) => ({ name, driver, size, readOnly, description }))
-    case "file":
-      return argument === ""
-        ? Either.left(`'${text}' names no file`)
-        : Either.right({ name, driver, path: argument, readOnly, description })
-    default:
-      return Either.left(`unknown driver '${driver}' in '${text}' (known: memory, file)`)
-  }
+  return Either.right({
+    name: text.slice(0, equals),
+    driver: text.slice(equals + 1, colon),
+    argument,
+    parameters,
+    filters,
+    readOnly,
+    description
+  })
 }

@@ -6,11 +6,14 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as Driver from "../Driver.ts"
 import { errnoFromSystemError, type ProtocolError, protocolError } from "../Errors.ts"
+import * as Params from "../Params.ts"
+import type { DriverPlugin } from "../Plugin.ts"
 
 /** Options of the file driver. */
 export interface FileOptions {
@@ -88,3 +91,16 @@ export const make = (options: FileOptions): Effect.Effect<Driver.NbdDriverShape,
 /** A layer providing a file driver; the file is closed when the layer's scope closes. */
 export const layer = (options: FileOptions): Layer.Layer<Driver.NbdDriver, ProtocolError> =>
   Layer.scoped(Driver.NbdDriver, make(options))
+
+/** The driver by name, for the command line: `file PATH` (opened read-only for a read-only export). */
+export const plugin: DriverPlugin = {
+  name: "file",
+  summary: "a regular file (multi-connection; FLUSH and FUA are fdatasync)",
+  argument: { name: "PATH", description: "the file to export" },
+  parameters: [],
+  make: (argument, pairs, options) =>
+    Either.flatMap(Params.decode("file", pairs, [], () => argument), (path) =>
+      path === ""
+        ? Either.left(new Params.ParameterError({ message: "file: a PATH is required" }))
+        : Either.right(make({ path, readOnly: options?.readOnly ?? false })))
+}

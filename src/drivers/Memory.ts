@@ -7,9 +7,14 @@
  * @since 0.1.0
  */
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Driver from "../Driver.ts"
 import { protocolError } from "../Errors.ts"
+import * as Params from "../Params.ts"
+import type { DriverPlugin } from "../Plugin.ts"
+import { formatSize } from "../Size.ts"
+import { parseSizeArgument } from "./SizeArgument.ts"
 
 /** Allocation granularity in bytes. */
 export const PAGE_SIZE = 32 * 1024
@@ -182,3 +187,20 @@ export const fromStore = (store: SparseMemory, description?: string): Driver.Nbd
 /** A layer providing a memory driver. */
 export const layer = (options: MemoryOptions): Layer.Layer<Driver.NbdDriver> =>
   Layer.effect(Driver.NbdDriver, make(options))
+
+/** The driver by name, for the command line: `memory 1G`. */
+export const plugin: DriverPlugin = {
+  name: "memory",
+  summary: "a sparse in-memory disk (pages allocated on first write)",
+  argument: { name: "SIZE", description: "export size, e.g. 1G, 512M, 1T (sparse: costs nothing until written)" },
+  parameters: [],
+  make: (argument, pairs) =>
+    Either.flatMap(
+      Params.decode("memory", pairs, [], () => argument),
+      (text) =>
+        Either.map(
+          parseSizeArgument("memory", text, MAX_SIZE),
+          (size) => make({ size, description: `${formatSize(size)} in-memory export` })
+        )
+    )
+}

@@ -8,8 +8,11 @@
  * @since 0.2.0
  */
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Driver from "../Driver.ts"
 import { protocolError } from "../Errors.ts"
+import * as Params from "../Params.ts"
+import type { FilterPlugin } from "../Plugin.ts"
 
 const refused = () => Effect.fail(protocolError("EPERM", "the export is read-only"))
 
@@ -38,3 +41,11 @@ export const filter: Driver.Filter = (below) => Effect.succeed(apply(below))
 
 /** The filter as a layer over the `NbdDriver` in context. */
 export const layer = Driver.filterLayer(filter)
+
+/** The filter by name, for the command line: `--filter readonly`. */
+export const plugin: FilterPlugin = {
+  name: "readonly",
+  summary: "refuses writes, trims, zeroing and resizing (EPERM)",
+  parameters: [],
+  make: (pairs) => Either.map(Params.decode("readonly", pairs, [], () => undefined), () => filter)
+}

@@ -553,13 +553,20 @@ except nbd.Error as e:
 describe.concurrent("effect-nbd bad usage", () => {
   const cases: ReadonlyArray<{ readonly args: ReadonlyArray<string>; readonly message: RegExp }> = [
     { args: ["serve", "bad"], message: /^effect-nbd: 'bad' is not NAME=DRIVER:ARGUMENT/ },
-    { args: ["memory", "12Q"], message: /^effect-nbd: '12Q' is not a size/ },
+    { args: ["memory", "12Q"], message: /^effect-nbd: memory: '12Q' is not a size/ },
     { args: ["file", "/nonexistent"], message: /^effect-nbd: opening \/nonexistent: ENOENT/ },
     { args: ["serve", "a=memory:1M", "a=memory:2M"], message: /^effect-nbd: two exports have the same name/ },
     { args: ["serve", "a=disk:1M"], message: /^effect-nbd: unknown driver 'disk'/ },
     { args: ["serve", "a=memory:1M,bogus"], message: /^effect-nbd: unknown export option 'bogus'/ },
     { args: ["serve", "a=file:/nonexistent"], message: /^effect-nbd: opening \/nonexistent: ENOENT/ },
-    { args: ["memory", "64P"], message: /^effect-nbd: '64P' is not a whole number of bytes/ }
+    { args: ["memory", "64P"], message: /^effect-nbd: memory: '64P' is not a whole number of bytes/ },
+    { args: ["memory", "1M", "--filter", "bogus"], message: /^effect-nbd: unknown filter 'bogus' \(known: readonly, offset, / },
+    {
+      args: ["memory", "1M", "--filter", "delay:speed=1"],
+      message: /^effect-nbd: delay: unknown parameter 'speed' \(accepted: read, write, /
+    },
+    { args: ["memory", "1M", "size=2"], message: /^effect-nbd: memory: unknown parameter 'size' \(it takes no parameters\)/ },
+    { args: ["serve", "a=memory:1M,filter=cow:blocksize=3"], message: /^effect-nbd: cow: / }
   ]
 
   for (const { args, message } of cases) {
