@@ -1,8 +1,10 @@
 /**
  * effect-nbd: a Network Block Device (NBD) server framework on Effect.
  *
- * Provide an `NbdDriver` (or an `ExportRegistry` of several exports), add
- * `NbdServer.layer({ port })`, and launch it. The client is exported too.
+ * Provide an `NbdDriver` (or an `ExportRegistry` of several exports), stack filters on it
+ * (`CowFilter.layer()`, `DelayFilter.layer(...)`, ... with `Layer.provide`), add
+ * `NbdServer.layer({ port })`, and launch it. The client and the testing helpers are
+ * exported too.
  *
  * @since 0.1.0
  */
@@ -16,6 +18,8 @@ export type {
   DriverHandle,
   Extent,
   Filter,
+  FilterOptions,
+  HandleOverrides,
   NbdDriverShape,
   OpenRequest,
   SyncOperations,
@@ -24,8 +28,27 @@ export type {
   WriteOptions,
   ZeroOptions
 } from "./Driver.ts"
+export * as Catalog from "./Catalog.ts"
 export * as FileDriver from "./drivers/File.ts"
 export * as MemoryDriver from "./drivers/Memory.ts"
+export * as NbdProxyDriver from "./drivers/Nbd.ts"
+export * as NullDriver from "./drivers/Null.ts"
+export * as PatternDriver from "./drivers/Pattern.ts"
+export * as BlockSizeFilter from "./filters/BlockSize.ts"
+export * as CacheFilter from "./filters/Cache.ts"
+export * as CowFilter from "./filters/Cow.ts"
+export * as DelayFilter from "./filters/Delay.ts"
+export * as ErrorFilter from "./filters/Error.ts"
+export * as LogFilter from "./filters/Log.ts"
+export * as OffsetFilter from "./filters/Offset.ts"
+export * as PartitionFilter from "./filters/Partition.ts"
+export * as RateFilter from "./filters/Rate.ts"
+export * as ReadOnlyFilter from "./filters/ReadOnly.ts"
+export * as RetryFilter from "./filters/Retry.ts"
+export * as StatsFilter from "./filters/Stats.ts"
+export * as Params from "./Params.ts"
+export type { DriverPlugin, DriverPluginOptions, FilterPlugin } from "./Plugin.ts"
+export * as Testing from "./testing/Testing.ts"
 export * from "./Errors.ts"
 export * as Export from "./Export.ts"
 export { ExportRegistry } from "./Export.ts"

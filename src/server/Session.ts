@@ -87,7 +87,7 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
       }
       const { negotiated } = outcome
       const exp = negotiated.export
-      yield* Effect.logInfo(
+      yield* Effect.logDebug(
         `client selected export '${exp.name}' (${negotiated.size} bytes, ` +
           `${negotiated.structuredReplies ? "structured" : "simple"} replies)`
       )

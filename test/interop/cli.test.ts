@@ -186,7 +186,9 @@ describe.skipIf(!available(["nbdinfo", "nbdcopy", "qemu-img", "qemu-io", "python
         "scratch=memory:1T,description=Scratch space",
         "iso=memory:16M,read-only",
         "--port",
-        "0"
+        "0",
+        // Connections are logged at debug level: the multi-connection test counts them.
+        "--verbose"
       ], 3))
       base = baseUri(served[0]!.uri)
     })

@@ -5,7 +5,8 @@
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
-import { Duplex } from "node:stream"
+import type { Duplex } from "node:stream"
+import * as Testing from "../../src/testing/InProcess.ts"
 import * as Driver from "../../src/Driver.ts"
 import { type DriverHandle, type HandleOverrides, NbdDriver, type NbdDriverShape } from "../../src/Driver.ts"
 import * as Export from "../../src/Export.ts"
@@ -13,41 +14,8 @@ import * as ServerConfig from "../../src/server/ServerConfig.ts"
 import * as Session from "../../src/server/Session.ts"
 import * as Shutdown from "../../src/server/Shutdown.ts"
 
-class End extends Duplex {
-  peer!: End
-  private ended = false
-  override _read() {}
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void) {
-    this.peer.deliver(Buffer.from(chunk))
-    callback()
-  }
-  override _final(callback: (error?: Error | null) => void) {
-    this.peer.finishReading()
-    callback()
-  }
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void) {
-    this.peer.finishReading()
-    this.finishReading()
-    callback(error)
-  }
-  deliver(chunk: Buffer) {
-    if (!this.ended) this.push(chunk)
-  }
-  finishReading() {
-    if (this.ended) return
-    this.ended = true
-    this.push(null)
-  }
-}
-
 /** Two connected in-memory streams. */
-export const duplexPair = (): readonly [Duplex, Duplex] => {
-  const a = new End()
-  const b = new End()
-  a.peer = b
-  b.peer = a
-  return [a, b]
-}
+export const duplexPair = Testing.duplexPair
 
 /**
  * Runs a server session on one end of a pair (in a scoped fiber) and returns the other
