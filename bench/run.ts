@@ -4,8 +4,16 @@
  * and writes it to bench/results/latest.md, or quick.md for --quick (raw fio JSON and
  * server logs next to it).
  *
- *   npm run bench              full run (10 s per fio workload, 1 GiB export and copies)
- *   npm run bench -- --quick   smoke run (2 s per fio workload, 64 MiB export and copies)
+ *   npm run bench                        full run (10 s per fio workload, 1 GiB export and copies)
+ *   npm run bench -- --quick             smoke run (2 s per fio workload, 64 MiB export and copies)
+ *   npm run bench -- --filters           also effect-nbd behind pass-through filter stacks
+ *   npm run bench -- --quick --filters   both
+ *
+ * With --filters, the same run also measures effect-nbd's memory export behind
+ * `--filter error:rate=0` (one filter on the Effect path), three of them, and
+ * `--filter stats` (a filter that keeps the synchronous fast path), each right after
+ * plain effect-nbd; the table gains a column per stack and a ratio of each stack to
+ * plain effect-nbd (next to effect-nbd / nbdkit memory).
  *
  * Exits 1 if any server or tool failed, 0 otherwise.
  */
@@ -16,9 +24,9 @@ import { fileURLToPath } from "node:url"
 import { type FioResult, type FioTiming, type FioWorkload, PREFILL, runFio, WORKLOADS } from "./fio.ts"
 import { COPIES, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
 import { installCleanup, isShuttingDown, stopAll } from "./proc.ts"
-import { type RunningServer, type ServerId, SERVERS, startServer } from "./servers.ts"
+import { filterArgs, type RunningServer, type ServerId, serversOf, startServer } from "./servers.ts"
 import { formatSystemInfo, systemInfo } from "./system.ts"
-import { type Cell, RATIO_NOTE, renderTable, type Row } from "./table.ts"
+import { type Cell, FILTER_RATIO_NOTE, RATIO_NOTE, renderTable, type Row } from "./table.ts"
 
 /** Sizes and durations of one mode. */
 interface Mode {
@@ -66,19 +74,33 @@ const FIO_ROWS: ReadonlyArray<FioRow> = [
 const copyLabel = (direction: string, connections: number, bytes: number) =>
   `nbdcopy ${bytes / MiB} MiB ${direction === "file-to-export" ? "file → export" : "export → null:"}, ${connections} conn (MiB/s)`
 
-const parseArgs = (argv: ReadonlyArray<string>): Mode => {
+const USAGE =
+  "usage: npm run bench [-- [--quick] [--filters]]\n" +
+  "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies (report in bench/results/quick.md)\n" +
+  "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats\n"
+
+/** What the command line asks for. */
+interface Args {
+  readonly mode: Mode
+  /** Whether to add the effect-nbd filter stacks (`--filters`). */
+  readonly filters: boolean
+}
+
+const parseArgs = (argv: ReadonlyArray<string>): Args => {
   let mode = MODES.full
+  let filters = false
   for (const arg of argv) {
     if (arg === "--quick") mode = MODES.quick
+    else if (arg === "--filters") filters = true
     else if (arg === "--help" || arg === "-h") {
-      process.stdout.write("usage: npm run bench [-- --quick]\n")
+      process.stdout.write(USAGE)
       process.exit(0)
     } else {
-      process.stderr.write(`bench: unknown argument '${arg}' (usage: npm run bench [-- --quick])\n`)
+      process.stderr.write(`bench: unknown argument '${arg}'\n${USAGE}`)
       process.exit(2)
     }
   }
-  return mode
+  return { mode, filters }
 }
 
 /** A markdown list item on one line. */
@@ -92,7 +114,8 @@ const suspiciousLines = (log: string): Array<string> =>
 
 const main = async (): Promise<number> => {
   installCleanup()
-  const mode = parseArgs(process.argv.slice(2))
+  const { mode, filters } = parseArgs(process.argv.slice(2))
+  const servers = serversOf(filters)
   const startedAt = process.hrtime.bigint()
   const repoRoot = fileURLToPath(new URL("..", import.meta.url))
   const resultsDir = path.join(repoRoot, "bench", "results")
@@ -100,7 +123,10 @@ const main = async (): Promise<number> => {
   mkdirSync(rawDir, { recursive: true })
 
   const info = await systemInfo(repoRoot)
-  progress(`bench: ${mode.name} mode, export and copies ${mode.bytes / MiB} MiB, fio ${mode.timing.runtimeSeconds} s per workload`)
+  progress(
+    `bench: ${mode.name} mode, export and copies ${mode.bytes / MiB} MiB, fio ${mode.timing.runtimeSeconds} s per workload` +
+      (filters ? ", with effect-nbd filter stacks" : "")
+  )
 
   const randomFile = path.join(os.tmpdir(), `effect-nbd-bench-${process.pid}.bin`)
   process.on("exit", () => removeFile(randomFile))
@@ -111,7 +137,7 @@ const main = async (): Promise<number> => {
   const failures: Array<string> = []
   const notes: Array<string> = []
 
-  for (const { id: serverId, label } of SERVERS) {
+  for (const { id: serverId, label } of servers) {
     if (isShuttingDown()) break
     progress(`\n== ${label}`)
     let server: RunningServer
@@ -189,11 +215,21 @@ const main = async (): Promise<number> => {
     `- mode: ${mode.name}: export ${mode.bytes / MiB} MiB on 127.0.0.1; fio nbd ioengine, 1 job, ` +
       `${mode.timing.runtimeSeconds} s per workload${mode.timing.rampSeconds > 0 ? ` after ${mode.timing.rampSeconds} s ramp` : ""}; ` +
       `nbdcopy --connections=N --threads=N, export → null: with --no-extents`,
+    ...(filters
+      ? [
+          `- filter stacks (effect-nbd memory export): ` +
+            servers
+              .filter((server) => server.filterLabel !== undefined)
+              .map((server) => `${server.label} = \`memory SIZE ${filterArgs(server.id).join(" ")}\``)
+              .join("; ")
+        ]
+      : []),
     `- total bench time: ${totalSeconds.toFixed(1)} s`,
     "",
-    renderTable(rows),
+    renderTable(rows, servers),
     "",
     RATIO_NOTE,
+    ...(filters ? ["", FILTER_RATIO_NOTE] : []),
     ...(mode.name === "quick"
       ? ["", "Quick mode is a smoke test: 2 s fio runs and 64 MiB copies (a fraction of a second, mostly nbdcopy start-up) are noisy."]
       : []),

@@ -2,6 +2,11 @@
  * The NBD servers under test: effect-nbd (memory driver) and the nbdkit memory
  * and null plugins, each started on 127.0.0.1 as a tracked child whose PID is
  * the server itself, so its peak RSS (VmHWM) can be read from /proc.
+ *
+ * With `--filters` the bench adds effect-nbd's memory export behind pass-through
+ * filter stacks ({@link FILTER_SERVERS}), to measure what filters cost against
+ * plain effect-nbd: `error:rate=0` intercepts every operation and forwards it
+ * (the Effect path), `stats` keeps the synchronous fast path of the memory driver.
  */
 import type { ChildProcess } from "node:child_process"
 import { existsSync, readFileSync, rmSync } from "node:fs"
@@ -10,15 +15,56 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { hasExited, spawnTracked, stop } from "./proc.ts"
 
+/** An effect-nbd memory export, plain or behind a filter stack. */
+export type EffectNbdId = "effect-nbd" | "effect-nbd-filter1" | "effect-nbd-filter3" | "effect-nbd-stats"
+
 /** Identifies a server under test. */
-export type ServerId = "effect-nbd" | "nbdkit-memory" | "nbdkit-null"
+export type ServerId = EffectNbdId | "nbdkit-memory" | "nbdkit-null"
+
+/** A server under test as the report shows it. */
+export interface ServerInfo {
+  readonly id: ServerId
+  /** Column header, progress and failure lines. */
+  readonly label: string
+  /** For a filter stack: its short name in the ratio column to plain effect-nbd, e.g. `+1 filter`. */
+  readonly filterLabel?: string
+}
+
+/** The `--filter` arguments of each effect-nbd export (none for plain effect-nbd). */
+export const EFFECT_NBD_FILTERS: Record<EffectNbdId, ReadonlyArray<string>> = {
+  "effect-nbd": [],
+  "effect-nbd-filter1": ["error:rate=0"],
+  "effect-nbd-filter3": ["error:rate=0", "error:rate=0", "error:rate=0"],
+  "effect-nbd-stats": ["stats"]
+}
 
 /** The servers, in the order they are benchmarked and shown. */
-export const SERVERS: ReadonlyArray<{ readonly id: ServerId; readonly label: string }> = [
+export const SERVERS: ReadonlyArray<ServerInfo> = [
   { id: "effect-nbd", label: "effect-nbd" },
   { id: "nbdkit-memory", label: "nbdkit memory" },
   { id: "nbdkit-null", label: "nbdkit null" }
 ]
+
+/** The effect-nbd filter stacks added by `--filters`. */
+export const FILTER_SERVERS: ReadonlyArray<ServerInfo> = [
+  { id: "effect-nbd-filter1", label: "effect-nbd +1 filter", filterLabel: "+1 filter" },
+  { id: "effect-nbd-filter3", label: "effect-nbd +3 filters", filterLabel: "+3 filters" },
+  { id: "effect-nbd-stats", label: "effect-nbd +stats", filterLabel: "+stats" }
+]
+
+/**
+ * The servers of a run, in order: with filter stacks, those come right after plain
+ * effect-nbd (benchmarked next to the baseline they are compared with).
+ */
+export const serversOf = (withFilters: boolean): ReadonlyArray<ServerInfo> =>
+  withFilters ? SERVERS.flatMap((server) => (server.id === "effect-nbd" ? [server, ...FILTER_SERVERS] : [server])) : SERVERS
+
+/** Whether a server is an effect-nbd export (plain or with filters). */
+export const isEffectNbd = (id: ServerId): id is EffectNbdId => Object.hasOwn(EFFECT_NBD_FILTERS, id)
+
+/** The command-line `--filter` arguments of a server, e.g. `--filter error:rate=0` (none but for effect-nbd stacks). */
+export const filterArgs = (id: ServerId): ReadonlyArray<string> =>
+  isEffectNbd(id) ? EFFECT_NBD_FILTERS[id].flatMap((spec) => ["--filter", spec]) : []
 
 /** A server that is listening. */
 export interface RunningServer {
@@ -108,14 +154,17 @@ const supervise = async (
   }
 }
 
-/** effect-nbd, run as `node --import tsx src/cli/main.ts memory SIZE --port 0` (so the PID is the server). */
-const startEffectNbd = (repoRoot: string, sizeBytes: number): Promise<RunningServer> => {
+/**
+ * effect-nbd, run as `node --import tsx src/cli/main.ts memory SIZE --port 0 [--filter SPEC]...`
+ * (so the PID is the server).
+ */
+const startEffectNbd = (id: EffectNbdId, repoRoot: string, sizeBytes: number): Promise<RunningServer> => {
   const child = spawnTracked(
     process.execPath,
-    ["--import", "tsx", "src/cli/main.ts", "memory", String(sizeBytes), "--host", "127.0.0.1", "--port", "0"],
+    ["--import", "tsx", "src/cli/main.ts", "memory", String(sizeBytes), "--host", "127.0.0.1", "--port", "0", ...filterArgs(id)],
     repoRoot
   )
-  return supervise("effect-nbd", child, async (log, waiting) => {
+  return supervise(id, child, async (log, waiting) => {
     while (waiting()) {
       const match = /effect-nbd: serving memory export at (nbd:\/\/\S+)/.exec(log())
       if (match !== null) return match[1]!
@@ -159,7 +208,10 @@ const startNbdkit = async (id: ServerId, plugin: "memory" | "null", sizeBytes: n
 export const startServer = (id: ServerId, sizeBytes: number, repoRoot: string): Promise<RunningServer> => {
   switch (id) {
     case "effect-nbd":
-      return startEffectNbd(repoRoot, sizeBytes)
+    case "effect-nbd-filter1":
+    case "effect-nbd-filter3":
+    case "effect-nbd-stats":
+      return startEffectNbd(id, repoRoot, sizeBytes)
     case "nbdkit-memory":
       return startNbdkit(id, "memory", sizeBytes)
     case "nbdkit-null":

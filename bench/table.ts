@@ -1,8 +1,10 @@
 /**
  * The results table: one row per measured figure, one column per server, plus
- * the ratio effect-nbd / nbdkit memory, rendered as aligned markdown.
+ * the ratio effect-nbd / nbdkit memory, rendered as aligned markdown. With filter
+ * stacks among the servers (`--filters`), one more ratio column per stack: the
+ * stack against plain effect-nbd (e.g. `+1 filter / effect-nbd`).
  */
-import type { ServerId } from "./servers.ts"
+import { type ServerId, type ServerInfo, SERVERS } from "./servers.ts"
 
 /** A measured value, a failure, or nothing (not run). */
 export type Cell = { readonly value: number } | { readonly error: string } | undefined
@@ -25,23 +27,35 @@ const formatNumber = (value: number, decimals: number): string =>
 const formatCell = (cell: Cell, decimals: number): string =>
   cell === undefined ? "–" : "error" in cell ? "FAILED" : formatNumber(cell.value, decimals)
 
-/** effect-nbd / nbdkit memory, e.g. `0.42×`; `–` when either is missing. */
-export const ratio = (row: Row): string => {
-  const ours = row.cells["effect-nbd"]
-  const theirs = row.cells["nbdkit-memory"]
-  if (ours === undefined || theirs === undefined || "error" in ours || "error" in theirs || theirs.value === 0) return "–"
-  return `${formatNumber(ours.value / theirs.value, 2)}×`
+/** `ours / theirs` of a row, e.g. `0.42×`; `–` when either is missing. */
+export const ratioOf = (row: Row, ours: ServerId, theirs: ServerId): string => {
+  const a = row.cells[ours]
+  const b = row.cells[theirs]
+  if (a === undefined || b === undefined || "error" in a || "error" in b || b.value === 0) return "–"
+  return `${formatNumber(a.value / b.value, 2)}×`
 }
 
-/** Renders the rows as a markdown table with padded columns. */
-export const renderTable = (rows: ReadonlyArray<Row>): string => {
-  const header = ["Workload", "effect-nbd", "nbdkit memory", "nbdkit null", "effect-nbd / nbdkit memory"]
+/** effect-nbd / nbdkit memory, e.g. `0.42×`; `–` when either is missing. */
+export const ratio = (row: Row): string => ratioOf(row, "effect-nbd", "nbdkit-memory")
+
+/**
+ * Renders the rows as a markdown table with padded columns: a column per server in
+ * the given order, then effect-nbd / nbdkit memory, then a ratio to plain effect-nbd
+ * per filter stack.
+ */
+export const renderTable = (rows: ReadonlyArray<Row>, servers: ReadonlyArray<ServerInfo> = SERVERS): string => {
+  const stacks = servers.filter((server) => server.filterLabel !== undefined)
+  const header = [
+    "Workload",
+    ...servers.map((server) => server.label),
+    "effect-nbd / nbdkit memory",
+    ...stacks.map((stack) => `${stack.filterLabel} / effect-nbd`)
+  ]
   const body = rows.map((row) => [
     row.label,
-    formatCell(row.cells["effect-nbd"], row.decimals),
-    formatCell(row.cells["nbdkit-memory"], row.decimals),
-    formatCell(row.cells["nbdkit-null"], row.decimals),
-    ratio(row)
+    ...servers.map((server) => formatCell(row.cells[server.id], row.decimals)),
+    ratio(row),
+    ...stacks.map((stack) => ratioOf(row, stack.id, "effect-nbd"))
   ])
   const widths = header.map((title, i) => Math.max(title.length, ...body.map((cells) => cells[i]!.length)))
   const line = (cells: ReadonlyArray<string>) =>
@@ -54,3 +68,10 @@ export const renderTable = (rows: ReadonlyArray<Row>): string => {
 export const RATIO_NOTE =
   "Ratio = effect-nbd / nbdkit memory: for MiB/s and IOPS above 1 means effect-nbd is faster; " +
   "for latency and RSS below 1 means effect-nbd is better."
+
+/** The footnote explaining the filter-stack ratio columns (`--filters`). */
+export const FILTER_RATIO_NOTE =
+  "Filter ratios = effect-nbd behind the filter stack / plain effect-nbd (same memory export): " +
+  "for MiB/s and IOPS below 1, and for latency and RSS above 1, is what the stack costs. " +
+  "+1 filter and +3 filters stack error:rate=0, which intercepts every request and forwards it (the Effect path); " +
+  "+stats keeps the memory driver's synchronous fast path."
