@@ -19,7 +19,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import { type OptionReplyError, type ProtocolError, protocolError } from "./Errors.ts"
-import { AllocationState, DefaultBlockSize } from "./protocol/Constants.ts"
+import { AllocationState } from "./protocol/Constants.ts"
 
 /** Block-size constraints of an export, in bytes. */
 export interface BlockSize {
@@ -182,6 +182,13 @@ export type DriverOptions =
 
 const ZERO_CHUNK = 1024 * 1024
 
+/**
+ * The block sizes {@link make} gives a driver that names none: any alignment, 4 KiB
+ * preferred, and READ and WRITE payloads up to 64 MiB accepted, as nbdkit and nbd-server
+ * do (the spec's 32 MiB is what a client that asks nothing should assume, not a limit).
+ */
+export const DEFAULT_BLOCK_SIZE: BlockSize = { minimum: 1, preferred: 4096, maximum: 64 * 1024 * 1024 }
+
 /** Zeroing by writing zero buffers through `write` (never "fast"). */
 export const zeroesByWriting = (write: DriverHandle["write"]): DriverHandle["writeZeroes"] => (offset, length, options) =>
   options.fastZero
@@ -224,7 +231,7 @@ export const make = (options: DriverOptions): NbdDriverShape => {
     rotational: false,
     blockStatus: options.blockStatus !== undefined,
     ...options.capabilities,
-    blockSize: { ...DefaultBlockSize, ...options.blockSize }
+    blockSize: { ...DEFAULT_BLOCK_SIZE, ...options.blockSize }
   }
   const handle: DriverHandle = {
     capabilities,

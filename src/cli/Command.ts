@@ -19,6 +19,8 @@ import * as Export from "../Export.ts"
 import type { DriverPlugin } from "../Plugin.ts"
 import { DEFAULT_PORT } from "../protocol/Constants.ts"
 import * as Server from "../server/Server.ts"
+import * as ServerConfig from "../server/ServerConfig.ts"
+import { parseSize } from "../Size.ts"
 import * as Tls from "../server/Tls.ts"
 import { parseExportSpec } from "./ExportSpec.ts"
 
@@ -66,8 +68,41 @@ const tlsVerifyPeer = Options.boolean("tls-verify-peer").pipe(
   Options.withDescription("Require client certificates signed by ca-cert.pem")
 )
 
-const listenOptions = { port, host, socket, verbose, tlsMode, tlsCertificates, tlsVerifyPeer }
+const handshakeTimeout = Options.float("handshake-timeout").pipe(
+  Options.withDefault(10),
+  Options.withDescription("Seconds a client may take to finish negotiating (TLS included) before it is disconnected; 0: no limit")
+)
+const idleTimeout = Options.float("idle-timeout").pipe(
+  Options.withDefault(0),
+  Options.withDescription("Seconds a connection may stay idle in transmission before it is closed; 0: never")
+)
+const maxConnections = Options.integer("max-connections").pipe(
+  Options.withDefault(ServerConfig.defaults.maxConnections),
+  Options.withDescription("Connections served at once; more are closed as they arrive")
+)
+const maxRequest = Options.text("max-request").pipe(
+  Options.withDefault("64M"),
+  Options.withDescription("Largest READ or WRITE payload accepted (e.g. 32M)")
+)
+
+const listenOptions = {
+  port,
+  host,
+  socket,
+  verbose,
+  tlsMode,
+  tlsCertificates,
+  tlsVerifyPeer,
+  handshakeTimeout,
+  idleTimeout,
+  maxConnections,
+  maxRequest
+}
 type Listen = {
+  readonly handshakeTimeout: number
+  readonly idleTimeout: number
+  readonly maxConnections: number
+  readonly maxRequest: string
   readonly port: number
   readonly host: string
   readonly socket: Option.Option<string>
@@ -92,6 +127,28 @@ const tlsConfig = (options: Listen) =>
     return yield* Tls.loadCertificates(options.tlsCertificates.value, options.tlsMode, options.tlsVerifyPeer)
   })
 
+/** Whether a listen address reaches only this machine. */
+const isLoopback = (host: string): boolean =>
+  host === "localhost" || host === "::1" || host.startsWith("127.") || host.startsWith("::ffff:127.")
+
+/** The server settings of the command line. */
+const serverConfig = (options: Listen, tls: Tls.TlsConfig | undefined) =>
+  Effect.gen(function*() {
+    const maxRequest = yield* Either.match(parseSize(options.maxRequest), {
+      onLeft: (message) => usageError(`--max-request: ${message}`),
+      onRight: Effect.succeed
+    })
+    if (options.maxConnections < 1) return yield* usageError("--max-connections must be at least 1")
+    if (options.handshakeTimeout < 0 || options.idleTimeout < 0) return yield* usageError("timeouts cannot be negative")
+    return ServerConfig.make({
+      tls,
+      maxRequest,
+      maxConnections: options.maxConnections,
+      handshakeTimeoutMillis: options.handshakeTimeout * 1000,
+      idleTimeoutMillis: options.idleTimeout * 1000
+    })
+  })
+
 /** An export to serve, and whether it was made read-only (for the line that announces it). */
 interface Served {
   readonly export: Export.NbdExport
@@ -109,6 +166,12 @@ const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
   })
   return Effect.gen(function*() {
     const tls = yield* tlsConfig(options)
+    const config = yield* serverConfig(options, tls)
+    if ("host" in listen && tls === undefined && !isLoopback(listen.host)) {
+      yield* Effect.logWarning(
+        `listening on ${listen.host} without TLS: any host that can reach it can read and write the exports (--tls require)`
+      )
+    }
     return yield* Effect.gen(function*() {
       const server = yield* Server.NbdServer
       for (const { driver, export: exp, readOnly } of served) {
@@ -119,7 +182,7 @@ const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
       }
       return yield* Effect.never
     }).pipe(
-      Effect.provide(Server.layer(listen, { tls }).pipe(Layer.provide(Export.ExportRegistry.layer(exports)))),
+      Effect.provide(Server.layer(listen, config).pipe(Layer.provide(Export.ExportRegistry.layer(exports)))),
       Effect.catchTag("SocketServerError", (e) =>
         usageError(
           `cannot listen on ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`}: ` +

@@ -15,6 +15,7 @@ import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as Scope from "effect/Scope"
+import * as Driver from "../Driver.ts"
 import type { Capabilities, ClientInfo, DriverHandle, TlsIdentity } from "../Driver.ts"
 import type { NbdExport } from "../Export.ts"
 import { ExportRegistry } from "../Export.ts"
@@ -99,6 +100,12 @@ export interface NegotiationContext {
 /** Id of `base:allocation` in SET_META_CONTEXT replies. */
 export const BASE_ALLOCATION_ID = 1
 
+/** A handle whose largest READ/WRITE payload is at most the server's limit (the fast path is kept). */
+const limitRequests = (handle: DriverHandle, maxRequest: number): DriverHandle =>
+  handle.capabilities.blockSize.maximum <= maxRequest ? handle : Driver.override(handle, {
+    capabilities: (caps) => ({ ...caps, blockSize: { ...caps.blockSize, maximum: Math.max(maxRequest, caps.blockSize.minimum) } })
+  })
+
 /** True when an export needs constraints beyond the defaults (minimum block above 1). */
 const needsBlockSize = (caps: Capabilities): boolean => caps.blockSize.minimum > DefaultBlockSize.minimum
 
@@ -159,7 +166,8 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         const scope = yield* Scope.fork(sessionScope, ExecutionStrategy.sequential)
         const client: ClientInfo = { ...ctx.client, tls: tlsIdentity }
         const opened = Effect.gen(function*() {
-          const handle = yield* Scope.extend(exp.driver.open({ exportName: name, client }), scope)
+          const opened = yield* Scope.extend(exp.driver.open({ exportName: name, client }), scope)
+          const handle = limitRequests(opened, config.maxRequest)
           const size = yield* handle.size.pipe(
             Effect.mapError((e) => optionReplyError("UNKNOWN", `export '${name}' is unavailable: ${e.message}`))
           )

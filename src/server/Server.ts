@@ -12,6 +12,7 @@
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -48,15 +49,36 @@ export interface ServerState {
   active: number
   /** Opened once shutdown began and no session is left. */
   readonly drained: Effect.Latch
+  /** Connections refused over the limit since the last time that was logged. */
+  refused: number
+  /** When refusals were last logged (Effect's clock), so that a flood logs one line per interval. */
+  refusalLoggedAt: number
 }
+
+/** Refusals over the connection limit are logged at most once per this many milliseconds. */
+const REFUSAL_LOG_INTERVAL = 10_000
 
 /** A fresh state. */
 export const makeState: Effect.Effect<ServerState> = Effect.zipWith(Shutdown.make, Effect.makeLatch(false), (shutdown, drained) => ({
   shutdown,
   connections: 0,
   active: 0,
-  drained
+  drained,
+  refused: 0,
+  refusalLoggedAt: -Infinity
 }))
+
+/** Closes a connection over the limit at once; logs how many were refused, once per interval. */
+const refuse = (socket: Socket, config: ServerConfig.ServerConfig, state: ServerState) =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    socket.destroy()
+    state.refused++
+    if (now - state.refusalLoggedAt < REFUSAL_LOG_INTERVAL) return Effect.void
+    const count = state.refused
+    state.refused = 0
+    state.refusalLoggedAt = now
+    return Effect.logWarning(`refused ${count} connection(s): ${config.maxConnections} are served at most (--max-connections)`)
+  })
 
 /** The transport of an accepted socket. */
 const transportOf = (socket: Socket, address: SocketServer.Address): Transport =>
@@ -77,6 +99,7 @@ export const serve = (
     return yield* server.run(() =>
       Effect.flatMap(Effect.serviceOption(NodeSocket.NetSocket), (raw) => {
         if (Option.isNone(raw)) return Effect.dieMessage("NBD sessions need a Node.js socket server")
+        if (state.active >= config.maxConnections) return refuse(raw.value, config, state)
         const connectionId = ++state.connections
         state.active++
         Metrics.connections.unsafeUpdate(1, [])

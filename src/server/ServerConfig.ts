@@ -30,6 +30,17 @@ export interface ServerConfig {
   readonly drainTimeoutMillis: number
   /** How long a shutting-down server waits for its sessions to end, in milliseconds. */
   readonly shutdownGraceMillis: number
+  /**
+   * How long a client may take to finish negotiating (TLS handshake included) before it is
+   * disconnected, in milliseconds; 0 waits forever.
+   */
+  readonly handshakeTimeoutMillis: number
+  /** How long a connection in transmission may stay idle (no request, none in flight) before it is closed; 0 never. */
+  readonly idleTimeoutMillis: number
+  /** Connections served at once; one more is closed as soon as it is accepted. */
+  readonly maxConnections: number
+  /** Largest READ or WRITE payload of any export (its own block-size maximum may be lower). */
+  readonly maxRequest: number
 }
 
 /** The defaults. */
@@ -37,14 +48,18 @@ export const defaults: ServerConfig = {
   tls: undefined,
   maxOptionLength: 64 * 1024,
   maxOptionDiscard: 16 * 1024 * 1024,
-  maxWriteDiscard: 64 * 1024 * 1024,
+  maxWriteDiscard: 128 * 1024 * 1024,
   maxInFlight: 64,
   maxInFlightBytes: 128 * 1024 * 1024,
   readHighWaterMark: 4 * 1024 * 1024,
   writeHighWaterMark: 16 * 1024 * 1024,
   extendedHeaders: true,
   drainTimeoutMillis: 30_000,
-  shutdownGraceMillis: 5_000
+  shutdownGraceMillis: 5_000,
+  handshakeTimeoutMillis: 10_000,
+  idleTimeoutMillis: 0,
+  maxConnections: 100,
+  maxRequest: 64 * 1024 * 1024
 }
 
 /** The defaults with some values replaced. */

@@ -18,6 +18,7 @@ import * as FrameReader from "../stream/FrameReader.ts"
 import * as Negotiation from "./Negotiation.ts"
 import * as FrameWriter from "../stream/FrameWriter.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
+import { SessionTimeout } from "./SessionTimeout.ts"
 import type { Shutdown } from "./Shutdown.ts"
 import * as Tls from "./Tls.ts"
 import * as Transmission from "./Transmission.ts"
@@ -80,7 +81,14 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
       }
 
       const client = { connectionId: options.connectionId, transport: options.transport ?? { _tag: "InProcess" as const } }
-      const outcome = yield* Negotiation.negotiate({ reader, writer, config, shutdown, tls, client })
+      const negotiation = Negotiation.negotiate({ reader, writer, config, shutdown, tls, client })
+      const millis = config.handshakeTimeoutMillis
+      const outcome = yield* millis > 0
+        ? Effect.timeoutFail(negotiation, {
+          duration: millis,
+          onTimeout: () => new SessionTimeout({ phase: "negotiation", millis })
+        })
+        : negotiation
       if (outcome._tag === "Aborted") {
         yield* Effect.logDebug("client aborted negotiation")
         return
@@ -100,7 +108,8 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
         e.missing > 0 && e.reason !== "end-of-stream"
           ? Effect.logInfo(`connection lost: ${e.description}`)
           : Effect.logDebug(`connection closed by the client: ${e.description}`),
-      ProtocolViolation: (e) => Effect.logWarning(`closing connection: ${e.message}`)
+      ProtocolViolation: (e) => Effect.logWarning(`closing connection: ${e.message}`),
+      SessionTimeout: (e) => Effect.logInfo(`closing connection: ${e.description}`)
     }),
     Effect.catchAllCause((cause) =>
       Cause.isInterruptedOnly(cause) ? Effect.void : Effect.logError("session ended by a defect", cause)

@@ -18,6 +18,7 @@
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
@@ -34,6 +35,7 @@ import type { Request } from "./Request.ts"
 import * as RequestCheck from "./RequestCheck.ts"
 import * as RequestParser from "./RequestParser.ts"
 import type { ServerConfig } from "./ServerConfig.ts"
+import { SessionTimeout } from "./SessionTimeout.ts"
 import type { Shutdown } from "./Shutdown.ts"
 
 /** What the transmission phase needs. */
@@ -46,10 +48,12 @@ export interface TransmissionContext {
   readonly shutdown: Shutdown
 }
 
-type Ending = Effect.Effect<void, ConnectionClosed | ProtocolViolation>
+type Ending = Effect.Effect<void, ConnectionClosed | ProtocolViolation | SessionTimeout>
 
 /** Runs the transmission phase until the client disconnects. */
-export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionClosed | ProtocolViolation> =>
+export const serve = (
+  ctx: TransmissionContext
+): Effect.Effect<void, ConnectionClosed | ProtocolViolation | SessionTimeout> =>
   Effect.scoped(Effect.gen(function*() {
     const { config, negotiated, writer } = ctx
     const handle = negotiated.handle
@@ -86,8 +90,11 @@ export const serve = (ctx: TransmissionContext): Effect.Effect<void, ConnectionC
     let onShutdown = () => {}
     yield* Effect.forkScoped(Effect.zipRight(ctx.shutdown.await, Effect.sync(() => onShutdown())))
 
-    yield* Effect.async<void, ConnectionClosed | ProtocolViolation>((resume) => {
+    let current: Pipeline | undefined
+    if (config.idleTimeoutMillis > 0) yield* Effect.forkScoped(watchIdle(config.idleTimeoutMillis, () => current))
+    yield* Effect.async<void, ConnectionClosed | ProtocolViolation | SessionTimeout>((resume) => {
       const pipeline = makePipeline(ctx, parser, execution, { runRequest, runFork, interruptRequests: FiberSet.clear(requests) }, resume)
+      current = pipeline
       onShutdown = pipeline.shutdown
       if (ctx.shutdown.isShuttingDown()) pipeline.shutdown()
       else pipeline.pump()
@@ -113,7 +120,31 @@ interface Pipeline {
   readonly shutdown: () => void
   /** Takes no more requests (the session is being interrupted). */
   readonly stop: () => void
+  /** Requests parsed or completed so far (it moves while the client is active). */
+  readonly activity: () => number
+  /** Requests in flight now. */
+  readonly inFlight: () => number
+  /** Ends the session for idling. */
+  readonly expire: (timeout: SessionTimeout) => void
 }
+
+/** Ends the session once no request was parsed or completed, and none was in flight, for `millis`. */
+const watchIdle = (millis: number, pipeline: () => Pipeline | undefined): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    let seen = -1
+    let since = yield* Clock.currentTimeMillis
+    while (true) {
+      yield* Effect.sleep(Math.max(10, millis / 4))
+      const p = pipeline()
+      const now = yield* Clock.currentTimeMillis
+      if (p === undefined || p.activity() !== seen || p.inFlight() > 0) {
+        seen = p?.activity() ?? -1
+        since = now
+      } else if (now - since >= millis) {
+        return p.expire(new SessionTimeout({ phase: "idle", millis }))
+      }
+    }
+  })
 
 /** How the pipeline starts fibers. */
 interface Fibers {
@@ -135,6 +166,7 @@ const makePipeline = (
   const { config, reader, writer } = ctx
   const { runFork, runRequest } = fibers
   let inFlight = 0
+  let activity = 0
   let payloadBytes = 0
   let pumping = false
   let waitingForCapacity = false
@@ -174,6 +206,7 @@ const makePipeline = (
   }
   const completed = (bytes: number) => {
     inFlight--
+    activity++
     payloadBytes -= bytes
     // Parse what waited for capacity first: during shutdown it is answered ESHUTDOWN.
     if (waitingForCapacity) {
@@ -229,10 +262,12 @@ const makePipeline = (
           case "Continue":
             continue
           case "Run":
+            activity++
             Metrics.countRequest(step.req.type)
             start(step.req, step.payload)
             continue
           case "Reject":
+            activity++
             Metrics.countRequest(step.req.type)
             reject(step.req, step.error)
             continue
@@ -261,6 +296,9 @@ const makePipeline = (
       stopReading()
       ending ??= Effect.void
       stopTimer()
-    }
+    },
+    activity: () => activity,
+    inFlight: () => inFlight,
+    expire: (timeout) => end(Effect.fail(timeout))
   }
 }

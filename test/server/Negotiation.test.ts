@@ -59,7 +59,7 @@ describe("negotiation", () => {
         expect(info.transmissionFlags & TransmissionFlags.SEND_WRITE_ZEROES).toBe(0)
         expect(info.name).toBe("iso")
         expect(info.description).toBe("read-only image")
-        expect(info.blockSize).toEqual({ minimum: 1, preferred: 4096, maximum: 32 * MiB })
+        expect(info.blockSize).toEqual({ minimum: 1, preferred: 4096, maximum: 64 * MiB })
       }))
 
     it.scoped("the empty name selects the default (first) export", () =>

@@ -97,7 +97,7 @@ for (const [path, memory] of Object.entries(memoryVariants)) for (const mode of 
       it.scoped("a write larger than the maximum payload is discarded and answered EINVAL", () =>
         Effect.gen(function*() {
           const client = yield* connect({ structuredReplies, extendedHeaders })
-          const big = new Uint8Array(32 * MiB + 4096)
+          const big = new Uint8Array(64 * MiB + 4096)
           big.fill(0xee)
           expect(yield* errnoOf(client.request(Command.WRITE, payloadFlag, BigInt(16 * MiB), big.length, big))).toBe("EINVAL")
           expectBytes(yield* client.read(16 * MiB, 4096), new Uint8Array(4096))
