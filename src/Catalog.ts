@@ -16,6 +16,7 @@ import * as Cache from "./filters/Cache.ts"
 import * as Cow from "./filters/Cow.ts"
 import * as Delay from "./filters/Delay.ts"
 import * as ErrorFilter from "./filters/Error.ts"
+import * as Ip from "./filters/Ip.ts"
 import * as Log from "./filters/Log.ts"
 import * as Offset from "./filters/Offset.ts"
 import * as Partition from "./filters/Partition.ts"
@@ -48,7 +49,8 @@ export const filters: ReadonlyArray<FilterPlugin> = [
   Rate.plugin,
   Retry.plugin,
   Log.plugin,
-  Stats.plugin
+  Stats.plugin,
+  Ip.plugin
 ]
 
 const refused = (message: string) => Either.left(new ParameterError({ message }))

@@ -167,9 +167,9 @@ const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
   return Effect.gen(function*() {
     const tls = yield* tlsConfig(options)
     const config = yield* serverConfig(options, tls)
-    if ("host" in listen && tls === undefined && !isLoopback(listen.host)) {
+    if (Option.isNone(options.socket) && tls === undefined && !isLoopback(options.host)) {
       yield* Effect.logWarning(
-        `listening on ${listen.host} without TLS: any host that can reach it can read and write the exports (--tls require)`
+        `listening on ${options.host} without TLS: any host that can reach it can read and write the exports (--tls require)`
       )
     }
     return yield* Effect.gen(function*() {
