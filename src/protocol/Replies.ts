@@ -81,7 +81,8 @@ export const encoder = (mode: ReplyMode): Encoder => {
 
   const error: Encoder["error"] = (to, errno, message, errorOffset) => {
     if (!structured) return [Wire.encodeSimpleReplyFast(errno, to.cookie)]
-    const text = utf8.encode(message.slice(0, 1024))
+    // NBD strings may not contain NUL.
+    const text = utf8.encode(message.slice(0, 1024).replaceAll("\0", "?"))
     const withOffset = errorOffset !== undefined
     // ERROR and ERROR_OFFSET share the error and message prefix; ERROR_OFFSET ends with the offset.
     const type = withOffset ? ChunkType.ERROR_OFFSET : ChunkType.ERROR
@@ -94,7 +95,9 @@ export const encoder = (mode: ReplyMode): Encoder => {
     return [header, text, where]
   }
 
-  const read: Encoder["read"] = (to, length, pieces, df) => {
+  const read: Encoder["read"] = (to, length, given, df) => {
+    // Chunks carry at least one byte of data, and holes are never empty.
+    let pieces = given.filter((piece) => (typeof piece === "number" ? piece > 0 : piece.length > 0))
     if (!structured || df) {
       const data = pieces.flatMap((piece) => (typeof piece === "number" ? zeroPieces(piece) : [piece]))
       if (!structured) return [Wire.encodeSimpleReplyFast(0, to.cookie), ...data]
