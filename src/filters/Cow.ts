@@ -64,13 +64,36 @@ export const layeredStatus = (
         continue
       }
       let covered = 0
-      for (const extent of yield* below.blockStatus(run.offset, run.length)) {
+      for (const extent of yield* alignedStatus(below, run.offset, run.length)) {
         const n = Math.min(extent.length, run.length - covered)
         if (n <= 0) break
         out.push({ length: n, flags: extent.flags, depth: (extent.flags & AllocationState.HOLE) !== 0 ? 0 : 2 })
         covered += n
       }
       if (covered < run.length) break
+    }
+    return out
+  })
+
+/** The range widened to the driver below's minimum block size. */
+const widen = (below: Driver.DriverHandle, offset: number, length: number) => {
+  const minimum = below.capabilities.blockSize.minimum
+  const start = offset - (offset % minimum)
+  const end = Math.ceil((offset + length) / minimum) * minimum
+  return { start, length: end - start, skip: offset - start }
+}
+
+/** Block status below of a range the client may not have aligned: asked aligned, the head dropped. */
+const alignedStatus = (below: Driver.DriverHandle, offset: number, length: number) =>
+  Effect.map(Effect.suspend(() => {
+    const range = widen(below, offset, length)
+    return Effect.map(below.blockStatus(range.start, range.length), (extents) => ({ extents, skip: range.skip }))
+  }), ({ extents, skip }) => {
+    const out: Array<Driver.Extent> = []
+    for (const extent of extents) {
+      const dropped = Math.min(skip, extent.length)
+      skip -= dropped
+      if (extent.length > dropped) out.push({ length: extent.length - dropped, flags: extent.flags })
     }
     return out
   })
@@ -182,6 +205,12 @@ const overrides = (overlay: Overlay, below: Driver.DriverHandle): Driver.HandleO
         overlay.write(piece.index, piece.inBlock, data.subarray(piece.done, piece.done + piece.length), n)
     ),
   flush: Effect.void,
+  // CACHE only warms the driver below, on its alignment (the overlay is memory already).
+  cache: (offset, length) =>
+    Effect.suspend(() => {
+      const range = widen(below, offset, length)
+      return below.capabilities.cache ? below.cache(range.start, range.length) : Effect.void
+    }),
   trim: zeroes(overlay, below, "trimmed"),
   writeZeroes: (offset, length, options) => zeroes(overlay, below, options.noHole ? "zeroed" : "trimmed")(offset, length),
   blockStatus: (offset, length) =>

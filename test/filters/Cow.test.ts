@@ -249,3 +249,31 @@ describe("cow filter", () => {
       expect(viaLayer.name).toBe("cow+guarded")
     }))
 })
+
+describe("cow over a driver with a minimum block size", () => {
+  it.scoped("CACHE and BLOCK_STATUS reach the driver below aligned to its minimum", () =>
+    Effect.gen(function*() {
+      const misaligned: Array<string> = []
+      const strict = Driver.filter(MemoryDriver.fromStore(new MemoryDriver.SparseMemory(1024 * 1024)), {
+        name: "strict",
+        open: (below) => {
+          const aligned = (what: string, offset: number, length: number) => {
+            if (offset % 4096 !== 0 || length % 4096 !== 0) misaligned.push(`${what} ${offset}+${length}`)
+          }
+          return {
+            capabilities: (caps) => ({ ...caps, blockSize: { ...caps.blockSize, minimum: 4096 } }),
+            cache: (offset, length) => Effect.zipRight(Effect.sync(() => aligned("cache", offset, length)), below.cache(offset, length)),
+            blockStatus: (offset, length) =>
+              Effect.zipRight(Effect.sync(() => aligned("status", offset, length)), below.blockStatus(offset, length))
+          }
+        }
+      })
+      const handle = yield* Testing.open(yield* Cow.make()(strict))
+      expect(handle.capabilities.blockSize.minimum).toBe(1)
+      yield* handle.cache(512, 100)
+      const extents = yield* handle.blockStatus(512, 100)
+      expect(extents.reduce((n, e) => n + e.length, 0)).toBeGreaterThanOrEqual(100)
+      expect(extents[0]!.flags).toBe(AllocationState.HOLE | AllocationState.ZERO)
+      expect(misaligned).toEqual([])
+    }))
+})
