@@ -1,5 +1,6 @@
 /**
- * Interop with libnbd's nbdcopy: whole-export copies over one and several connections.
+ * Interop with libnbd's nbdcopy: whole-export copies over one and several connections,
+ * on the plain memory export and under `cow` and `cache` (see TestServer.stackModes).
  */
 import { execFile } from "node:child_process"
 import { randomBytes } from "node:crypto"
@@ -30,13 +31,22 @@ const nbdcopyVerbose = async (args: ReadonlyArray<string>): Promise<string> => {
 const connectedHandles = (debug: string, side: "src" | "dst"): Array<string> =>
   [...debug.matchAll(new RegExp(`debug: (${side}\\d+): nbd_connect_uri: leave: ret=0`, "g"))].map((m) => m[1]!).sort()
 
-describe.skipIf(!available(["nbdcopy", "nbdinfo"]))("nbdcopy", () => {
+const haveTools = available(["nbdcopy", "nbdinfo"])
+
+for (const mode of TestServer.stackModes) describe.skipIf(!haveTools)(`nbdcopy (${mode.name})`, () => {
+  const stacked = TestServer.isStacked(mode)
   let server: TestServer.TestServer
   let store: SparseMemory
   let dir: string
+  /**
+   * What the export holds: the memory store itself when plain; under cow the store below
+   * is never written, so what a client reads back.
+   */
+  const contents = async (offset: number, length: number): Promise<Uint8Array> =>
+    stacked ? server.read(offset, length) : store.read(offset, length)
 
   beforeAll(async () => {
-    server = await TestServer.start({ size: SIZE })
+    server = await TestServer.start({ size: SIZE, stack: mode.stack })
     if (server.store === undefined) throw new Error("expected a memory store")
     store = server.store
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "effect-nbd-nbdcopy-"))
@@ -54,7 +64,7 @@ describe.skipIf(!available(["nbdcopy", "nbdinfo"]))("nbdcopy", () => {
     fs.writeFileSync(input, data)
 
     await run("nbdcopy", [input, server.uri()])
-    expect(sha256(store.read(0, SIZE))).toBe(sha256(data))
+    expect(sha256(await contents(0, SIZE))).toBe(sha256(data))
 
     await run("nbdcopy", [server.uri(), output])
     const copied = fs.readFileSync(output)
@@ -68,7 +78,7 @@ describe.skipIf(!available(["nbdcopy", "nbdinfo"]))("nbdcopy", () => {
     // nbdcopy opens no more connections than threads, so --threads=4 too (2-core machine).
     const data = randomBytes(SIZE)
     data.fill(0, 20 * MiB, 28 * MiB)
-    expect(store.read(20 * MiB, MiB).some((b) => b !== 0)).toBe(true)
+    expect((await contents(20 * MiB, MiB)).some((b) => b !== 0)).toBe(true)
     const input = path.join(dir, "in-4.img")
     const output = path.join(dir, "out-4.img")
     fs.writeFileSync(input, data)
@@ -77,7 +87,7 @@ describe.skipIf(!available(["nbdcopy", "nbdinfo"]))("nbdcopy", () => {
     expect(copyIn).toContain("connections=4")
     expect(connectedHandles(copyIn, "dst")).toEqual(["dst0", "dst1", "dst2", "dst3"])
     expect(copyIn).toMatch(/dst\d+: nbd_aio_zero: enter/)
-    expect(sha256(store.read(0, SIZE))).toBe(sha256(data))
+    expect(sha256(await contents(0, SIZE))).toBe(sha256(data))
 
     const copyOut = await nbdcopyVerbose(["--connections=4", "--threads=4", server.uri(), output])
     expect(copyOut).toContain("connections=4")
@@ -94,5 +104,7 @@ describe.skipIf(!available(["nbdcopy", "nbdinfo"]))("nbdcopy", () => {
     expect(result.exports).toHaveLength(1)
     expect(result.exports[0]!["export-size"]).toBe(SIZE)
     expect(result.exports[0]!.is_read_only).toBe(false)
+    // cow keeps every write in its overlay: nothing reached the store below.
+    if (stacked) expect(store.pages.size).toBe(0)
   })
 })
