@@ -78,7 +78,9 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
 
   const send = (chunks: ReadonlyArray<Uint8Array>) => Effect.sync(() => write(chunks))
 
-  const isFull = () => writable() && stream.writableLength > highWaterMark
+  // Full only once the stream itself waits for a drain: it emits "drain" only then, so a mark
+  // below the stream's own (16 KiB for sockets) acts as the stream's.
+  const isFull = () => writable() && stream.writableLength > highWaterMark && stream.writableNeedDrain
 
   // Waiters for the queue to drain: one pair of stream listeners however often they ask.
   const drainWaiters = new Set<() => void>()
