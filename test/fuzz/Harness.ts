@@ -89,7 +89,8 @@ export class GuardedMemory extends MemoryDriver.SparseMemory {
   }
 
   override zero(offset: number, length: number, keepAllocated: boolean): void {
-    this.guard(offset, length, keepAllocated, keepAllocated ? "zero (allocated)" : "zero")
+    // Freeing visits only the allocated pages; keeping the range allocated walks it all.
+    if (keepAllocated) this.guard(offset, length, true, "zero (allocated)")
     super.zero(offset, length, keepAllocated)
   }
 
