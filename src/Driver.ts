@@ -129,6 +129,18 @@ export interface SyncOperations {
   readonly write: (offset: number, data: Uint8Array) => void
 }
 
+/**
+ * A meta context a handle answers for BLOCK_STATUS besides `base:allocation` (which comes
+ * from {@link DriverHandle.blockStatus}), such as `qemu:allocation-depth` or
+ * `qemu:dirty-bitmap:NAME`. Its extents' flags are defined by its namespace.
+ */
+export interface MetaContextSource {
+  /** The full name, `namespace:leaf`. */
+  readonly name: string
+  /** Consecutive extents from `offset`, at least one, covering at most `length` bytes. */
+  readonly blockStatus: (offset: number, length: number) => Effect.Effect<ReadonlyArray<Extent>, ProtocolError>
+}
+
 /** One client's view of an export: its capabilities and I/O operations. Offsets and lengths are byte counts. */
 export interface DriverHandle {
   readonly capabilities: Capabilities
@@ -145,6 +157,12 @@ export interface DriverHandle {
   readonly resize: (size: number) => Effect.Effect<void, ProtocolError>
   /** Optional synchronous fast path (see {@link SyncOperations}). */
   readonly sync?: SyncOperations | undefined
+  /**
+   * Meta contexts beyond `base:allocation`. They pass through a filter unless it replaces
+   * them: a filter that moves offsets or changes what is read (offset, partition, cow) gives
+   * its own list.
+   */
+  readonly contexts?: ReadonlyArray<MetaContextSource> | undefined
 }
 
 /** A storage driver (or a driver with filters stacked on it). */

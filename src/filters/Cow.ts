@@ -173,6 +173,46 @@ const zeroes = (overlay: Overlay, below: Driver.DriverHandle, state: "trimmed" |
 (offset: number, length: number) =>
   modify(overlay, below, offset, length, (piece, n) => overlay.zero(piece.index, piece.inBlock, piece.length, n, state))
 
+/** Name of the meta context of allocation depth, as qemu-nbd's `-A` offers it. */
+export const ALLOCATION_DEPTH = "qemu:allocation-depth"
+
+/**
+ * `qemu:allocation-depth` as qemu counts it for an overlay over a backing image: 1 where
+ * the overlay holds the block, else the depth below plus one, where the driver below
+ * counts as one layer allocated everywhere (as a raw image does) unless it reports its own
+ * depth (0 stays 0: unallocated in every layer).
+ */
+const depthContext = (overlay: Overlay, below: Driver.DriverHandle): Driver.MetaContextSource => {
+  const belowDepth = below.contexts?.find((context) => context.name === ALLOCATION_DEPTH)
+  return {
+    name: ALLOCATION_DEPTH,
+    blockStatus: (offset, length) =>
+      Effect.gen(function*() {
+        const out: Array<Driver.Extent> = []
+        const add = (n: number, flags: number) => {
+          const last = out[out.length - 1]
+          if (last !== undefined && last.flags === flags) out.push({ length: out.pop()!.length + n, flags })
+          else out.push({ length: n, flags })
+        }
+        for (const run of overlay.runs(offset, length)) {
+          if (run.state !== "below") add(run.length, 1)
+          else if (belowDepth === undefined) add(run.length, 2)
+          else {
+            let covered = 0
+            for (const extent of yield* belowDepth.blockStatus(run.offset, run.length)) {
+              const n = Math.min(extent.length, run.length - covered)
+              if (n <= 0) break
+              add(n, extent.flags === 0 ? 0 : extent.flags + 1)
+              covered += n
+            }
+            if (covered < run.length) break
+          }
+        }
+        return out
+      })
+  }
+}
+
 /** The handle the cow filter presents over the handle below. */
 const overrides = (overlay: Overlay, below: Driver.DriverHandle): Driver.HandleOverrides => ({
   capabilities: (caps) => ({
@@ -195,6 +235,8 @@ const overrides = (overlay: Overlay, below: Driver.DriverHandle): Driver.HandleO
     }
   }),
   read: (offset, length) => read(overlay, below, offset, length),
+  // What the driver below says of its blocks no longer describes what clients read.
+  contexts: [depthContext(overlay, below)],
   write: (offset, data) =>
     modify(
       overlay,

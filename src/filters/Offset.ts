@@ -75,6 +75,11 @@ export const overrides = (below: Driver.DriverHandle, window: Window): Driver.Ha
     writeZeroes: (offset, length, options) => Effect.mapError(below.writeZeroes(at + offset, length, options), back),
     cache: (offset, length) => Effect.mapError(below.cache(at + offset, length), back),
     blockStatus: (offset, length) => Effect.mapError(below.blockStatus(at + offset, length), back),
+    // The meta contexts below, seen through the window.
+    contexts: below.contexts?.map((context) => ({
+      name: context.name,
+      blockStatus: (offset: number, length: number) => Effect.mapError(context.blockStatus(at + offset, length), back)
+    })),
     resize: () => Effect.fail(protocolError("EINVAL", "RESIZE is not supported through the offset filter")),
     sync: sync === undefined ? undefined : {
       size: () => windowSize(window, sync.size()),

@@ -21,10 +21,16 @@ export interface ExecutionContext {
   readonly encoder: Encoder
   readonly writer: FrameWriter
   readonly extended: boolean
-  /** Ids of the selected meta contexts (`base:allocation` is the only one). */
-  readonly metaContextIds: ReadonlyArray<number>
+  /** The selected meta contexts, each with the id the client was given, in reply order. */
+  readonly metaContexts: ReadonlyArray<SelectedContext>
   /** Runs a short effect (a log line) from synchronous code. */
   readonly log: (effect: Effect.Effect<void>) => void
+}
+
+/** A selected meta context and where its extents come from. */
+export interface SelectedContext {
+  readonly id: number
+  readonly blockStatus: (offset: number, length: number) => Effect.Effect<ReadonlyArray<Extent>, ProtocolError>
 }
 
 /** Runs requests that passed the checks. */
@@ -85,10 +91,10 @@ export const make = (ctx: ExecutionContext): Execution => {
     Metrics.bytesWritten.unsafeUpdate(req.length, [])
     ok(req)
   }
-  const statusDone = (req: Request, extents: ReadonlyArray<Extent>) => {
-    const fitted = fitExtents(extents, req, maxExtent)
-    if (fitted.length === 0) return fail(req, protocolError("EIO", "driver returned no extent"))
-    writer.write(encoder.blockStatus(req, ctx.metaContextIds.map((id) => ({ id, extents: fitted }))))
+  const statusDone = (req: Request, answers: ReadonlyArray<ReadonlyArray<Extent>>) => {
+    const fitted = answers.map((extents) => fitExtents(extents, req, maxExtent))
+    if (fitted.some((extents) => extents.length === 0)) return fail(req, protocolError("EIO", "driver returned no extent"))
+    writer.write(encoder.blockStatus(req, ctx.metaContexts.map((context, i) => ({ id: context.id, extents: fitted[i]! }))))
   }
   const defect = (req: Request, cause: unknown) => {
     ctx.log(Effect.logError(`driver defect in ${commandName(req.type)}`, cause))
@@ -152,9 +158,10 @@ export const make = (ctx: ExecutionContext): Execution => {
         // Some clients send CACHE unadvertised: a successful no-op then.
         return caps.cache ? Effect.zipRight(handle.cache(req.offset, req.length), thenOk(req)) : thenOk(req)
       case Command.BLOCK_STATUS:
-        return caps.blockStatus
-          ? Effect.map(handle.blockStatus(req.offset, req.length), (extents) => statusDone(req, extents))
-          : Effect.sync(() => statusDone(req, [{ length: req.length, flags: 0 }]))
+        return Effect.map(
+          Effect.forEach(ctx.metaContexts, (context) => context.blockStatus(req.offset, req.length)),
+          (answers) => statusDone(req, answers)
+        )
       case Command.RESIZE:
         return Effect.zipRight(handle.resize(req.offset), thenOk(req))
       default:

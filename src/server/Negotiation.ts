@@ -22,7 +22,6 @@ import { ExportRegistry } from "../Export.ts"
 import { type OptionReplyError, optionReplyError, ProtocolViolation } from "../Errors.ts"
 import * as Binary from "../protocol/Binary.ts"
 import {
-  BASE_ALLOCATION,
   ClientFlags,
   DefaultBlockSize,
   HandshakeFlags,
@@ -31,6 +30,7 @@ import {
   Reply
 } from "../protocol/Constants.ts"
 import * as Handshake from "../protocol/Handshake.ts"
+import * as MetaContexts from "./MetaContexts.ts"
 import * as OptionData from "../protocol/OptionData.ts"
 import type { ConnectionClosed, FrameReader } from "../stream/FrameReader.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
@@ -96,9 +96,6 @@ export interface NegotiationContext {
   /** Who is connecting (the TLS identity is added once the connection is encrypted). */
   readonly client: Omit<ClientInfo, "tls">
 }
-
-/** Id of `base:allocation` in SET_META_CONTEXT replies. */
-export const BASE_ALLOCATION_ID = 1
 
 /** A handle whose largest READ/WRITE payload is at most the server's limit (the fast path is kept). */
 const limitRequests = (handle: DriverHandle, maxRequest: number): DriverHandle =>
@@ -233,7 +230,12 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         })
       })
 
-    /** LIST_META_CONTEXT and SET_META_CONTEXT: only `base:allocation` exists. */
+    /** The meta contexts an export offers this client (its handle is opened to ask, then closed). */
+    const offeredContexts = (name: string) =>
+      Effect.flatMap(select(name), ({ handle, scope }) =>
+        Effect.as(Scope.close(scope, Exit.void), MetaContexts.offeredBy(handle)))
+
+    /** LIST_META_CONTEXT and SET_META_CONTEXT, with the query rules of {@link MetaContexts}. */
     const metaContext = (option: number, data: Uint8Array) =>
       Effect.gen(function*() {
         if (!structuredReplies) {
@@ -242,11 +244,10 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         const isList = option === Opt.LIST_META_CONTEXT
         if (!isList) metaSelection = undefined // a SET replaces the selection, even when it fails
         const request = yield* decodeOrInvalid(OptionData.MetaContextRequest, data, "meta context request")
-        yield* registry.get(request.name)
-        const matches = isList
-          ? request.queries.length === 0 || request.queries.some((q) => q === "base:" || q === BASE_ALLOCATION)
-          : request.queries.includes(BASE_ALLOCATION)
-        const contexts = matches ? [{ id: isList ? 0 : BASE_ALLOCATION_ID, name: BASE_ALLOCATION }] : []
+        const offered = yield* offeredContexts(request.name)
+        const contexts = isList
+          ? MetaContexts.list(request.queries, offered).map((name) => ({ id: 0, name }))
+          : MetaContexts.select(request.queries, offered).map((name, i) => ({ id: i + 1, name }))
         if (!isList) metaSelection = { exportName: request.name, contexts }
         for (const context of contexts) {
           yield* reply(

@@ -24,7 +24,7 @@ import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Runtime from "effect/Runtime"
 import { type ProtocolError, ProtocolViolation } from "../Errors.ts"
-import { commandName } from "../protocol/Constants.ts"
+import { BASE_ALLOCATION, commandName } from "../protocol/Constants.ts"
 import * as Replies from "../protocol/Replies.ts"
 import { ConnectionClosed, type FrameReader } from "../stream/FrameReader.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
@@ -71,7 +71,7 @@ export const serve = (
       encoder: Replies.encoder({ structured, extended }),
       writer,
       extended,
-      metaContextIds: negotiated.metaContexts.map((context) => context.id),
+      metaContexts: selectedContexts(negotiated),
       log: (effect) => void runFork(effect)
     })
     const parser = RequestParser.make({
@@ -111,6 +111,22 @@ export const serve = (
       )
     }
   }))
+
+/** The selected meta contexts with their sources on the session's handle (a vanished one is dropped). */
+const selectedContexts = (negotiated: Negotiated): Array<Execution.SelectedContext> => {
+  const handle = negotiated.handle
+  return negotiated.metaContexts.flatMap(({ id, name }) => {
+    if (name === BASE_ALLOCATION) {
+      // Without real allocation, everything is data.
+      const blockStatus = handle.capabilities.blockStatus
+        ? handle.blockStatus
+        : (_: number, length: number) => Effect.succeed([{ length, flags: 0 }])
+      return [{ id, blockStatus }]
+    }
+    const source = handle.contexts?.find((context) => context.name === name)
+    return source === undefined ? [] : [{ id, blockStatus: source.blockStatus }]
+  })
+}
 
 /** The running pipeline of a session: parsing, in-flight accounting and the end of the session. */
 interface Pipeline {
