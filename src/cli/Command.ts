@@ -22,7 +22,7 @@ import * as Server from "../server/Server.ts"
 import * as ServerConfig from "../server/ServerConfig.ts"
 import { parseSize } from "../Size.ts"
 import * as Tls from "../server/Tls.ts"
-import { parseExportSpec } from "./ExportSpec.ts"
+import { type ExportSpec, parseExportSpec } from "./ExportSpec.ts"
 
 const port = Options.integer("port").pipe(
   Options.withAlias("p"),
@@ -210,20 +210,8 @@ const orUsage = <A>(either: Either.Either<A, { readonly message: string }>) =>
 /** A failure while building a driver or filter, as a one-line usage error. */
 const buildError = (e: unknown) => new Error(typeof e === "object" && e !== null && "message" in e ? String(e.message) : String(e))
 
-/** What one export is made of, as the command line gives it. */
-interface ExportRequest {
-  readonly name: string
-  readonly driver: string
-  readonly argument: string
-  readonly parameters: ReadonlyMap<string, string>
-  /** Filter specifications, nearest the client first. */
-  readonly filters: ReadonlyArray<string>
-  readonly readOnly: boolean
-  readonly description: string | undefined
-}
-
-/** Builds an export's driver and filters in the scope of the command. */
-const buildExport = (request: ExportRequest) =>
+/** Builds an export's driver and filters (as a `serve` spec names them) in the scope of the command. */
+const buildExport = (request: ExportSpec) =>
   Effect.gen(function*() {
     const plugin = yield* orUsage(Catalog.driver(request.driver))
     const makeDriver = yield* orUsage(plugin.make(request.argument, request.parameters, { readOnly: request.readOnly }))

@@ -184,6 +184,22 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         )
       })
 
+    /** What transmission starts with on an opened export. */
+    const agreed = (
+      exp: NbdExport,
+      handle: DriverHandle,
+      size: number,
+      metaContexts: ReadonlyArray<MetaContext>
+    ): Negotiated => ({
+      export: exp,
+      handle,
+      size,
+      transmissionFlags: transmissionFlags(handle.capabilities, structuredReplies),
+      structuredReplies,
+      extendedHeaders,
+      metaContexts
+    })
+
     /** The INFO replies of an opened export, then ACK; for GO, what transmission starts with. */
     const reportExport = (
       option: number,
@@ -219,15 +235,7 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         const metaContexts = metaSelection !== undefined && metaSelection.exportName === request.name
           ? metaSelection.contexts
           : []
-        return Option.some<Negotiated>({
-          export: exp,
-          handle,
-          size,
-          transmissionFlags: flags,
-          structuredReplies,
-          extendedHeaders,
-          metaContexts
-        })
+        return Option.some(agreed(exp, handle, size, metaContexts))
       })
 
     /** The meta contexts an export offers this client (its handle is opened to ask, then closed). */
@@ -307,15 +315,7 @@ export const negotiate = (ctx: NegotiationContext): Effect.Effect<
         yield* writer.send([message.encodeUnsafe({ size: BigInt(size), transmissionFlags: flags })])
         return {
           _tag: "Transmission",
-          negotiated: {
-            export: exp,
-            handle,
-            size,
-            transmissionFlags: flags,
-            structuredReplies,
-            extendedHeaders,
-            metaContexts: []
-          },
+          negotiated: agreed(exp, handle, size, []),
           reader,
           writer
         } as const
