@@ -15,6 +15,7 @@ import * as BlockSize from "./filters/BlockSize.ts"
 import * as Cache from "./filters/Cache.ts"
 import * as Cow from "./filters/Cow.ts"
 import * as Delay from "./filters/Delay.ts"
+import * as Dirty from "./filters/Dirty.ts"
 import * as ErrorFilter from "./filters/Error.ts"
 import * as Ip from "./filters/Ip.ts"
 import * as Log from "./filters/Log.ts"
@@ -42,6 +43,7 @@ export const filters: ReadonlyArray<FilterPlugin> = [
   Offset.plugin,
   Partition.plugin,
   Cow.plugin,
+  Dirty.plugin,
   Cache.plugin,
   BlockSize.plugin,
   Delay.plugin,
