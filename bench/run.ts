@@ -8,12 +8,19 @@
  *   npm run bench -- --quick             smoke run (2 s per fio workload, 64 MiB export and copies)
  *   npm run bench -- --filters           also effect-nbd behind pass-through filter stacks
  *   npm run bench -- --quick --filters   both
+ *   npm run bench -- --tls [--quick]     nbdcopy through TLS instead (report in bench/results/tls.md or tls-quick.md)
  *
  * With --filters, the same run also measures effect-nbd's memory export behind
  * `--filter error:rate=0` (one filter on the Effect path), three of them, and
  * `--filter stats` (a filter that keeps the synchronous fast path), each right after
  * plain effect-nbd; the table gains a column per stack and a ratio of each stack to
  * plain effect-nbd (next to effect-nbd / nbdkit memory).
+ *
+ * With --tls, the run measures nbdcopy in and out (no fio; a first copy into the empty export
+ * stands for fio's prefill and is reported on its own row) through TLS (`--tls require`)
+ * to effect-nbd and nbdkit memory, each with X.509 certificates and with TLS-PSK (fresh
+ * credentials for the run, see tls.ts), with the server's CPU time per GiB copied, and
+ * ratios to nbdkit X.509. The TLS cipher each server negotiates with libnbd is noted.
  *
  * Exits 1 if any server or tool failed, 0 otherwise.
  */
@@ -22,11 +29,21 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { type FioResult, type FioTiming, type FioWorkload, PREFILL, runFio, WORKLOADS } from "./fio.ts"
-import { COPIES, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
-import { installCleanup, isShuttingDown, stopAll } from "./proc.ts"
-import { filterArgs, type RunningServer, type ServerId, serversOf, startServer } from "./servers.ts"
+import { COPIES, type CopyRun, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
+import { installCleanup, isShuttingDown, runToCompletion, stopAll } from "./proc.ts"
+import { filterArgs, type RunningServer, type ServerId, serversOf, startServer, TLS_SERVERS } from "./servers.ts"
 import { formatSystemInfo, systemInfo } from "./system.ts"
-import { type Cell, FILTER_RATIO_NOTE, RATIO_NOTE, renderTable, type Row } from "./table.ts"
+import {
+  type Cell,
+  defaultRatios,
+  FILTER_RATIO_NOTE,
+  RATIO_NOTE,
+  renderTable,
+  type Row,
+  TLS_RATIO_NOTE,
+  TLS_RATIOS
+} from "./table.ts"
+import { type BenchCredentials, makeCredentials } from "./tls.ts"
 
 /** Sizes and durations of one mode. */
 interface Mode {
@@ -71,27 +88,54 @@ const FIO_ROWS: ReadonlyArray<FioRow> = [
   { id: "qd1-p99", workload: workload("rand-read-4k-qd1"), label: "rand read 4 KiB QD1 p99 clat (µs)", decimals: 1, lowerIsBetter: true, pick: (r) => r.clatP99Us }
 ]
 
-const copyLabel = (direction: string, connections: number, bytes: number) =>
-  `nbdcopy ${bytes / MiB} MiB ${direction === "file-to-export" ? "file → export" : "export → null:"}, ${connections} conn (MiB/s)`
+const copyLabel = (direction: string, connections: number, bytes: number, unit = "MiB/s") =>
+  `nbdcopy ${bytes / MiB} MiB ${direction === "file-to-export" ? "file → export" : "export → null:"}, ${connections} conn (${unit})`
+
+/**
+ * With --tls (no fio prefill), a first copy into the empty export, reported on its own row, so
+ * that the copies after it, as in the main run, write to memory the server has already allocated.
+ */
+const TLS_PREFILL: CopyRun = { id: "copy-prefill", direction: "file-to-export", connections: 4 }
+
+/** The label of a copy's row, the prefill of --tls marked as such. */
+const copyRowLabel = (copy: CopyRun, bytes: number, unit = "MiB/s") =>
+  copy === TLS_PREFILL
+    ? `prefill: ${copyLabel(copy.direction, copy.connections, bytes, `first touch, ${unit}`)}`
+    : copyLabel(copy.direction, copy.connections, bytes, unit)
+
+/** The row of the server's CPU time during a copy. */
+const cpuRowId = (copyId: string) => `cpu-${copyId}`
+
+/** The TLS cipher and key exchange libnbd negotiates with a server (from its debug output), or why not known. */
+const negotiatedCipher = async (uri: string): Promise<string> => {
+  const result = await runToCompletion("sh", ["-c", `LIBNBD_DEBUG=1 nbdinfo --size '${uri}' 2>&1`], 30_000)
+  const match = /connection is using TLS: cipher (\S+) .*?key exchange (\S+)/.exec(result.stdout)
+  return match === null ? "unknown (nbdinfo printed no cipher)" : `${match[1]}, key exchange ${match[2]}`
+}
 
 const USAGE =
-  "usage: npm run bench [-- [--quick] [--filters]]\n" +
+  "usage: npm run bench [-- [--quick] [--filters | --tls]]\n" +
   "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies (report in bench/results/quick.md)\n" +
-  "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats\n"
+  "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats\n" +
+  "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n"
 
 /** What the command line asks for. */
 interface Args {
   readonly mode: Mode
   /** Whether to add the effect-nbd filter stacks (`--filters`). */
   readonly filters: boolean
+  /** Whether to measure copies through TLS instead (`--tls`). */
+  readonly tls: boolean
 }
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
   let mode = MODES.full
   let filters = false
+  let tls = false
   for (const arg of argv) {
     if (arg === "--quick") mode = MODES.quick
     else if (arg === "--filters") filters = true
+    else if (arg === "--tls") tls = true
     else if (arg === "--help" || arg === "-h") {
       process.stdout.write(USAGE)
       process.exit(0)
@@ -100,7 +144,11 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
       process.exit(2)
     }
   }
-  return { mode, filters }
+  if (filters && tls) {
+    process.stderr.write(`bench: --filters and --tls are separate runs\n${USAGE}`)
+    process.exit(2)
+  }
+  return { mode, filters, tls }
 }
 
 /** A markdown list item on one line. */
@@ -114,8 +162,9 @@ const suspiciousLines = (log: string): Array<string> =>
 
 const main = async (): Promise<number> => {
   installCleanup()
-  const { mode, filters } = parseArgs(process.argv.slice(2))
-  const servers = serversOf(filters)
+  const { mode, filters, tls } = parseArgs(process.argv.slice(2))
+  const servers = tls ? TLS_SERVERS : serversOf(filters)
+  const copies = tls ? [TLS_PREFILL, ...COPIES] : COPIES
   const startedAt = process.hrtime.bigint()
   const repoRoot = fileURLToPath(new URL("..", import.meta.url))
   const resultsDir = path.join(repoRoot, "bench", "results")
@@ -124,9 +173,17 @@ const main = async (): Promise<number> => {
 
   const info = await systemInfo(repoRoot)
   progress(
-    `bench: ${mode.name} mode, export and copies ${mode.bytes / MiB} MiB, fio ${mode.timing.runtimeSeconds} s per workload` +
-      (filters ? ", with effect-nbd filter stacks" : "")
+    `bench: ${mode.name} mode, export and copies ${mode.bytes / MiB} MiB` +
+      (tls ? "" : `, fio ${mode.timing.runtimeSeconds} s per workload`) +
+      (filters ? ", with effect-nbd filter stacks" : "") +
+      (tls ? ", nbdcopy through TLS (X.509 and PSK)" : "")
   )
+  let credentials: BenchCredentials | undefined
+  if (tls) {
+    credentials = makeCredentials()
+    const made = credentials
+    process.on("exit", () => made.remove())
+  }
 
   const randomFile = path.join(os.tmpdir(), `effect-nbd-bench-${process.pid}.bin`)
   process.on("exit", () => removeFile(randomFile))
@@ -136,23 +193,30 @@ const main = async (): Promise<number> => {
   const put = (row: string, server: ServerId, cell: Cell) => cells.set(row, { ...cells.get(row), [server]: cell })
   const failures: Array<string> = []
   const notes: Array<string> = []
+  const ciphers: Array<string> = []
 
   for (const { id: serverId, label } of servers) {
     if (isShuttingDown()) break
     progress(`\n== ${label}`)
     let server: RunningServer
     try {
-      server = await startServer(serverId, mode.bytes, repoRoot)
+      server = await startServer(serverId, mode.bytes, repoRoot, credentials)
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error)
       failures.push(`${label}: ${message}`)
       progress(`   ${message}`)
-      for (const row of [...FIO_ROWS.map((r) => r.id), ...COPIES.map((c) => c.id), "rss"]) put(row, serverId, { error: message })
+      const rowIds = [...FIO_ROWS.map((r) => r.id), ...copies.flatMap((c) => [c.id, cpuRowId(c.id)]), "rss"]
+      for (const row of rowIds) put(row, serverId, { error: message })
       continue
     }
     progress(`   listening at ${server.uri} (pid ${server.pid})`)
     try {
-      for (const w of [PREFILL, ...WORKLOADS]) {
+      if (tls) {
+        const cipher = await negotiatedCipher(server.uri)
+        ciphers.push(`${label}: ${cipher}`)
+        progress(`   TLS: ${cipher}`)
+      }
+      for (const w of tls ? [] : [PREFILL, ...WORKLOADS]) {
         if (!server.alive() || isShuttingDown()) break
         const result = await runFio(w, server.uri, mode.bytes, mode.timing, path.join(rawDir, `${serverId}-${w.id}.json`))
         if (result.stderr !== "") notes.push(`${label}, fio ${w.id} printed: ${result.stderr.split("\n").slice(0, 3).join(" | ")}`)
@@ -170,12 +234,19 @@ const main = async (): Promise<number> => {
           progress(`   fio ${w.id}: ${result.error}`)
         }
       }
-      for (const copy of COPIES) {
+      for (const copy of copies) {
         if (!server.alive() || isShuttingDown()) break
+        const cpuBefore = server.cpuSeconds()
         const result = await runCopy(copy, server.uri, randomFile, mode.bytes)
+        const cpuAfter = server.cpuSeconds()
         if (result.ok) {
           put(copy.id, serverId, { value: result.value.mibPerSec })
-          progress(`   nbdcopy ${copy.id.padEnd(14)} ${result.value.mibPerSec.toFixed(1).padStart(8)} MiB/s (${result.value.seconds.toFixed(2)} s)`)
+          const cpuPerGiB = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / (mode.bytes / GiB)
+          if (cpuPerGiB !== undefined) put(cpuRowId(copy.id), serverId, { value: cpuPerGiB })
+          progress(
+            `   nbdcopy ${copy.id.padEnd(14)} ${result.value.mibPerSec.toFixed(1).padStart(8)} MiB/s (${result.value.seconds.toFixed(2)} s)` +
+              (cpuPerGiB === undefined ? "" : `, server CPU ${cpuPerGiB.toFixed(2)} s/GiB`)
+          )
         } else {
           put(copy.id, serverId, { error: result.error })
           failures.push(`${label}, nbdcopy ${copy.id}: ${result.error}`)
@@ -198,23 +269,45 @@ const main = async (): Promise<number> => {
   }
 
   const rows: Array<Row> = [
-    ...FIO_ROWS.map((row) => ({ label: row.label, decimals: row.decimals, lowerIsBetter: row.lowerIsBetter, cells: cells.get(row.id) ?? {} })),
-    ...COPIES.map((copy) => ({
-      label: copyLabel(copy.direction, copy.connections, mode.bytes),
+    ...(tls ? [] : FIO_ROWS).map((row) => ({
+      label: row.label,
+      decimals: row.decimals,
+      lowerIsBetter: row.lowerIsBetter,
+      cells: cells.get(row.id) ?? {}
+    })),
+    ...copies.map((copy) => ({
+      label: copyRowLabel(copy, mode.bytes),
       decimals: 1,
       lowerIsBetter: false,
       cells: cells.get(copy.id) ?? {}
+    })),
+    ...(tls ? copies : []).map((copy) => ({
+      label: copyRowLabel(copy, mode.bytes, "server CPU s per GiB"),
+      decimals: 2,
+      lowerIsBetter: true,
+      cells: cells.get(cpuRowId(copy.id)) ?? {}
     })),
     { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cells.get("rss") ?? {} }
   ]
   const totalSeconds = Number(process.hrtime.bigint() - startedAt) / 1e9
   const report = [
-    `# effect-nbd benchmark (${mode.name})`,
+    `# effect-nbd benchmark (${mode.name}${tls ? ", TLS" : ""})`,
     "",
     formatSystemInfo(info),
-    `- mode: ${mode.name}: export ${mode.bytes / MiB} MiB on 127.0.0.1; fio nbd ioengine, 1 job, ` +
-      `${mode.timing.runtimeSeconds} s per workload${mode.timing.rampSeconds > 0 ? ` after ${mode.timing.rampSeconds} s ramp` : ""}; ` +
-      `nbdcopy --connections=N --threads=N, export → null: with --no-extents`,
+    tls
+      ? `- mode: ${mode.name}, TLS: memory export of ${mode.bytes / MiB} MiB on 127.0.0.1 with --tls require; ` +
+        `nbdcopy --connections=N --threads=N, export → null: with --no-extents; no fio: a first copy into the empty ` +
+        `export (prefill, first touch) comes before the copies measured as in the main run`
+      : `- mode: ${mode.name}: export ${mode.bytes / MiB} MiB on 127.0.0.1; fio nbd ioengine, 1 job, ` +
+        `${mode.timing.runtimeSeconds} s per workload${mode.timing.rampSeconds > 0 ? ` after ${mode.timing.rampSeconds} s ramp` : ""}; ` +
+        `nbdcopy --connections=N --threads=N, export → null: with --no-extents`,
+    ...(credentials === undefined
+      ? []
+      : [
+          `- credentials: X.509 = RSA 2048 server certificate signed by a fresh CA (no client certificate asked); ` +
+            `PSK = one 32-byte key (${credentials.pskMadeBy === "psktool" ? "made by psktool" : "random, psktool not installed"})`,
+          `- negotiated with libnbd (GnuTLS): ${ciphers.join("; ")}`
+        ]),
     ...(filters
       ? [
           `- filter stacks (effect-nbd memory export): ` +
@@ -226,12 +319,17 @@ const main = async (): Promise<number> => {
       : []),
     `- total bench time: ${totalSeconds.toFixed(1)} s`,
     "",
-    renderTable(rows, servers),
+    renderTable(rows, servers, tls ? TLS_RATIOS : defaultRatios(servers)),
     "",
-    RATIO_NOTE,
+    tls ? TLS_RATIO_NOTE : RATIO_NOTE,
     ...(filters ? ["", FILTER_RATIO_NOTE] : []),
     ...(mode.name === "quick"
-      ? ["", "Quick mode is a smoke test: 2 s fio runs and 64 MiB copies (a fraction of a second, mostly nbdcopy start-up) are noisy."]
+      ? [
+          "",
+          tls
+            ? "Quick mode is a smoke test: 64 MiB copies (a second or less, with nbdcopy's start-up and the TLS handshakes) are noisy."
+            : "Quick mode is a smoke test: 2 s fio runs and 64 MiB copies (a fraction of a second, mostly nbdcopy start-up) are noisy."
+        ]
       : []),
     ...(failures.length > 0 ? ["", "## Failures", "", ...failures.map(bullet)] : []),
     ...(notes.length > 0 ? ["", "## Notes", "", ...notes.map(bullet)] : []),
@@ -239,7 +337,10 @@ const main = async (): Promise<number> => {
   ].join("\n")
   process.stdout.write(`\n${report}`)
   // A quick run is a smoke test: it never replaces the full run's report.
-  const reportFile = path.join(resultsDir, mode.name === "quick" ? "quick.md" : "latest.md")
+  const reportFile = path.join(
+    resultsDir,
+    tls ? (mode.name === "quick" ? "tls-quick.md" : "tls.md") : mode.name === "quick" ? "quick.md" : "latest.md"
+  )
   writeFileSync(reportFile, report)
   progress(`bench: report written to ${path.relative(process.cwd(), reportFile)}`)
   return failures.length > 0 ? 1 : 0

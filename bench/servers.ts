@@ -7,8 +7,13 @@
  * filter stacks ({@link FILTER_SERVERS}), to measure what filters cost against
  * plain effect-nbd: `error:rate=0` intercepts every operation and forwards it
  * (the Effect path), `stats` keeps the synchronous fast path of the memory driver.
+ *
+ * With `--tls` the bench measures instead effect-nbd and nbdkit memory with
+ * `--tls require`, each with X.509 certificates and with a TLS-PSK key file
+ * ({@link TLS_SERVERS}); their URIs carry the client's credentials (libnbd's
+ * `tls-certificates` or `tls-psk-file` query).
  */
-import type { ChildProcess } from "node:child_process"
+import { type ChildProcess, spawnSync } from "node:child_process"
 import { existsSync, readFileSync, rmSync } from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
@@ -18,8 +23,23 @@ import { hasExited, spawnTracked, stop } from "./proc.ts"
 /** An effect-nbd memory export, plain or behind a filter stack. */
 export type EffectNbdId = "effect-nbd" | "effect-nbd-filter1" | "effect-nbd-filter3" | "effect-nbd-stats"
 
+/** A memory export over TLS (`--tls`): effect-nbd or nbdkit, with certificates or pre-shared keys. */
+export type TlsServerId = "effect-nbd-x509" | "effect-nbd-psk" | "nbdkit-x509" | "nbdkit-psk"
+
 /** Identifies a server under test. */
-export type ServerId = EffectNbdId | "nbdkit-memory" | "nbdkit-null"
+export type ServerId = EffectNbdId | "nbdkit-memory" | "nbdkit-null" | TlsServerId
+
+/** Where the TLS servers and their clients find their credentials (see `tls.ts`). */
+export interface TlsCredentials {
+  /** server-cert.pem, server-key.pem, ca-cert.pem */
+  readonly serverDir: string
+  /** ca-cert.pem (and a client certificate), libnbd's `tls-certificates` */
+  readonly clientDir: string
+  /** psktool key file, for the server and libnbd's `tls-psk-file` alike */
+  readonly pskFile: string
+  /** The user of the key file the client connects as. */
+  readonly pskUser: string
+}
 
 /** A server under test as the report shows it. */
 export interface ServerInfo {
@@ -43,6 +63,14 @@ export const SERVERS: ReadonlyArray<ServerInfo> = [
   { id: "effect-nbd", label: "effect-nbd" },
   { id: "nbdkit-memory", label: "nbdkit memory" },
   { id: "nbdkit-null", label: "nbdkit null" }
+]
+
+/** The servers of `--tls`, in the order they are benchmarked and shown. */
+export const TLS_SERVERS: ReadonlyArray<ServerInfo> = [
+  { id: "effect-nbd-x509", label: "effect-nbd X.509" },
+  { id: "effect-nbd-psk", label: "effect-nbd PSK" },
+  { id: "nbdkit-x509", label: "nbdkit X.509" },
+  { id: "nbdkit-psk", label: "nbdkit PSK" }
 ]
 
 /** The effect-nbd filter stacks added by `--filters`. */
@@ -77,6 +105,8 @@ export interface RunningServer {
   readonly alive: () => boolean
   /** Peak resident set size in bytes (VmHWM), as last read while the process ran. */
   readonly peakRss: () => number | undefined
+  /** CPU seconds (user + system, all threads) the process has used so far; undefined once it exited. */
+  readonly cpuSeconds: () => number | undefined
   /** Stops the server (SIGTERM, then SIGKILL). */
   readonly stop: () => Promise<void>
 }
@@ -88,6 +118,23 @@ const readVmHwm = (pid: number): number | undefined => {
   try {
     const match = /^VmHWM:\s+(\d+)\s+kB$/m.exec(readFileSync(`/proc/${pid}/status`, "utf8"))
     return match === null ? undefined : Number(match[1]) * 1024
+  } catch {
+    return undefined
+  }
+}
+
+/** Clock ticks per second of /proc/PID/stat's times (`getconf CLK_TCK`, 100 on Linux). */
+const CLOCK_TICKS = (() => {
+  const ticks = Number(spawnSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).stdout?.trim())
+  return Number.isFinite(ticks) && ticks > 0 ? ticks : 100
+})()
+
+/** User + system CPU seconds of a live process (fields 14 and 15 of /proc/PID/stat, after the command name). */
+const readCpuSeconds = (pid: number): number | undefined => {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8")
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS
   } catch {
     return undefined
   }
@@ -143,6 +190,7 @@ const supervise = async (
         if (!hasExited(child)) peak = readVmHwm(pid) ?? peak
         return peak
       },
+      cpuSeconds: () => (hasExited(child) ? undefined : readCpuSeconds(pid)),
       stop: () => stop(child)
     }
   } catch (error) {
@@ -154,20 +202,49 @@ const supervise = async (
   }
 }
 
+/** Server arguments and the client's URI query of a TLS server; none for a plain one. */
+const tlsSide = (id: ServerId, credentials: TlsCredentials | undefined) => {
+  const psk = id === "effect-nbd-psk" || id === "nbdkit-psk"
+  const x509 = id === "effect-nbd-x509" || id === "nbdkit-x509"
+  if (!psk && !x509) return undefined
+  if (credentials === undefined) throw new Error(`${id} needs TLS credentials`)
+  return psk
+    ? { file: ["--tls-psk", credentials.pskFile], user: `${credentials.pskUser}@`, query: `?tls-psk-file=${credentials.pskFile}` }
+    : { file: ["--tls-certificates", credentials.serverDir], user: "", query: `?tls-certificates=${credentials.clientDir}` }
+}
+
 /**
  * effect-nbd, run as `node --import tsx src/cli/main.ts memory SIZE --port 0 [--filter SPEC]...`
- * (so the PID is the server).
+ * (so the PID is the server), or with `--tls require` and its credentials for a TLS id.
  */
-const startEffectNbd = (id: EffectNbdId, repoRoot: string, sizeBytes: number): Promise<RunningServer> => {
+const startEffectNbd = (
+  id: EffectNbdId | "effect-nbd-x509" | "effect-nbd-psk",
+  repoRoot: string,
+  sizeBytes: number,
+  credentials?: TlsCredentials
+): Promise<RunningServer> => {
+  const tls = tlsSide(id, credentials)
   const child = spawnTracked(
     process.execPath,
-    ["--import", "tsx", "src/cli/main.ts", "memory", String(sizeBytes), "--host", "127.0.0.1", "--port", "0", ...filterArgs(id)],
+    [
+      "--import",
+      "tsx",
+      "src/cli/main.ts",
+      "memory",
+      String(sizeBytes),
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+      ...filterArgs(id),
+      ...(tls === undefined ? [] : ["--tls", "require", ...tls.file])
+    ],
     repoRoot
   )
   return supervise(id, child, async (log, waiting) => {
     while (waiting()) {
-      const match = /effect-nbd: serving memory export at (nbd:\/\/\S+)/.exec(log())
-      if (match !== null) return match[1]!
+      const match = /effect-nbd: serving memory export at (nbds?):\/\/(\S+)/.exec(log())
+      if (match !== null) return tls === undefined ? `${match[1]}://${match[2]}` : `${match[1]}://${tls.user}${match[2]}${tls.query}`
       await sleep(50)
     }
     return ""
@@ -178,7 +255,13 @@ const startEffectNbd = (id: EffectNbdId, repoRoot: string, sizeBytes: number): P
  * nbdkit with the given plugin, on a free port; ready once it writes its PID file
  * (nbdkit does that only when it is listening, and a probe connection would make it log an error).
  */
-const startNbdkit = async (id: ServerId, plugin: "memory" | "null", sizeBytes: number): Promise<RunningServer> => {
+const startNbdkit = async (
+  id: ServerId,
+  plugin: "memory" | "null",
+  sizeBytes: number,
+  credentials?: TlsCredentials
+): Promise<RunningServer> => {
+  const tls = tlsSide(id, credentials)
   const port = await freePort()
   const pidFile = path.join(os.tmpdir(), `effect-nbd-bench-${process.pid}-${id}.pid`)
   rmSync(pidFile, { force: true })
@@ -191,21 +274,27 @@ const startNbdkit = async (id: ServerId, plugin: "memory" | "null", sizeBytes: n
     String(port),
     "-i",
     "127.0.0.1",
+    ...(tls === undefined ? [] : ["--tls=require", `${tls.file[0]}=${tls.file[1]}`]),
     plugin,
     String(sizeBytes)
   ])
   try {
     return await supervise(id, child, async (_, waiting) => {
       while (waiting() && !existsSync(pidFile)) await sleep(20)
-      return `nbd://127.0.0.1:${port}/`
+      return tls === undefined ? `nbd://127.0.0.1:${port}/` : `nbds://${tls.user}127.0.0.1:${port}/${tls.query}`
     })
   } finally {
     rmSync(pidFile, { force: true })
   }
 }
 
-/** Starts one server with an export of `sizeBytes` and waits until it listens. */
-export const startServer = (id: ServerId, sizeBytes: number, repoRoot: string): Promise<RunningServer> => {
+/** Starts one server with an export of `sizeBytes` and waits until it listens (a TLS one needs `credentials`). */
+export const startServer = (
+  id: ServerId,
+  sizeBytes: number,
+  repoRoot: string,
+  credentials?: TlsCredentials
+): Promise<RunningServer> => {
   switch (id) {
     case "effect-nbd":
     case "effect-nbd-filter1":
@@ -216,5 +305,11 @@ export const startServer = (id: ServerId, sizeBytes: number, repoRoot: string): 
       return startNbdkit(id, "memory", sizeBytes)
     case "nbdkit-null":
       return startNbdkit(id, "null", sizeBytes)
+    case "effect-nbd-x509":
+    case "effect-nbd-psk":
+      return startEffectNbd(id, repoRoot, sizeBytes, credentials)
+    case "nbdkit-x509":
+    case "nbdkit-psk":
+      return startNbdkit(id, "memory", sizeBytes, credentials)
   }
 }

@@ -2,7 +2,8 @@
  * The results table: one row per measured figure, one column per server, plus
  * the ratio effect-nbd / nbdkit memory, rendered as aligned markdown. With filter
  * stacks among the servers (`--filters`), one more ratio column per stack: the
- * stack against plain effect-nbd (e.g. `+1 filter / effect-nbd`).
+ * stack against plain effect-nbd (e.g. `+1 filter / effect-nbd`). A run may name its
+ * own ratio columns instead (`--tls`: each server against nbdkit X.509).
  */
 import { type ServerId, type ServerInfo, SERVERS } from "./servers.ts"
 
@@ -38,24 +39,36 @@ export const ratioOf = (row: Row, ours: ServerId, theirs: ServerId): string => {
 /** effect-nbd / nbdkit memory, e.g. `0.42×`; `–` when either is missing. */
 export const ratio = (row: Row): string => ratioOf(row, "effect-nbd", "nbdkit-memory")
 
+/** A ratio column: `ours / theirs` of every row, under `label`. */
+export interface RatioColumn {
+  readonly label: string
+  readonly ours: ServerId
+  readonly theirs: ServerId
+}
+
+/** effect-nbd / nbdkit memory, then each filter stack among the servers / plain effect-nbd. */
+export const defaultRatios = (servers: ReadonlyArray<ServerInfo>): ReadonlyArray<RatioColumn> => [
+  { label: "effect-nbd / nbdkit memory", ours: "effect-nbd", theirs: "nbdkit-memory" },
+  ...servers
+    .filter((server) => server.filterLabel !== undefined)
+    .map((stack) => ({ label: `${stack.filterLabel} / effect-nbd`, ours: stack.id, theirs: "effect-nbd" as const }))
+]
+
 /**
  * Renders the rows as a markdown table with padded columns: a column per server in
- * the given order, then effect-nbd / nbdkit memory, then a ratio to plain effect-nbd
- * per filter stack.
+ * the given order, then the ratio columns (by default effect-nbd / nbdkit memory, then
+ * a ratio to plain effect-nbd per filter stack).
  */
-export const renderTable = (rows: ReadonlyArray<Row>, servers: ReadonlyArray<ServerInfo> = SERVERS): string => {
-  const stacks = servers.filter((server) => server.filterLabel !== undefined)
-  const header = [
-    "Workload",
-    ...servers.map((server) => server.label),
-    "effect-nbd / nbdkit memory",
-    ...stacks.map((stack) => `${stack.filterLabel} / effect-nbd`)
-  ]
+export const renderTable = (
+  rows: ReadonlyArray<Row>,
+  servers: ReadonlyArray<ServerInfo> = SERVERS,
+  ratios: ReadonlyArray<RatioColumn> = defaultRatios(servers)
+): string => {
+  const header = ["Workload", ...servers.map((server) => server.label), ...ratios.map((column) => column.label)]
   const body = rows.map((row) => [
     row.label,
     ...servers.map((server) => formatCell(row.cells[server.id], row.decimals)),
-    ratio(row),
-    ...stacks.map((stack) => ratioOf(row, stack.id, "effect-nbd"))
+    ...ratios.map((column) => ratioOf(row, column.ours, column.theirs))
   ])
   const widths = header.map((title, i) => Math.max(title.length, ...body.map((cells) => cells[i]!.length)))
   const line = (cells: ReadonlyArray<string>) =>
@@ -75,3 +88,16 @@ export const FILTER_RATIO_NOTE =
   "for MiB/s and IOPS below 1, and for latency and RSS above 1, is what the stack costs. " +
   "+1 filter and +3 filters stack error:rate=0, which intercepts every request and forwards it (the Effect path); " +
   "+stats keeps the memory driver's synchronous fast path."
+
+/** The ratio columns of `--tls`: every TLS server against nbdkit X.509, and effect-nbd PSK against nbdkit PSK. */
+export const TLS_RATIOS: ReadonlyArray<RatioColumn> = [
+  { label: "effect-nbd X.509 / nbdkit X.509", ours: "effect-nbd-x509", theirs: "nbdkit-x509" },
+  { label: "effect-nbd PSK / nbdkit X.509", ours: "effect-nbd-psk", theirs: "nbdkit-x509" },
+  { label: "nbdkit PSK / nbdkit X.509", ours: "nbdkit-psk", theirs: "nbdkit-x509" },
+  { label: "effect-nbd PSK / nbdkit PSK", ours: "effect-nbd-psk", theirs: "nbdkit-psk" }
+]
+
+/** The footnote explaining the ratio columns of `--tls`. */
+export const TLS_RATIO_NOTE =
+  "Ratios = server / nbdkit X.509 (and effect-nbd PSK / nbdkit PSK), all memory exports with --tls require: " +
+  "for MiB/s above 1 means faster; for server CPU per GiB and RSS below 1 means cheaper."

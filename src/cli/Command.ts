@@ -65,7 +65,14 @@ const tlsCertificates = Options.directory("tls-certificates", { exists: "yes" })
   Options.withDescription("Directory with server-cert.pem, server-key.pem and optionally ca-cert.pem (nbdkit's layout)")
 )
 const tlsVerifyPeer = Options.boolean("tls-verify-peer").pipe(
-  Options.withDescription("Require client certificates signed by ca-cert.pem")
+  Options.withDescription("Require client certificates signed by ca-cert.pem (X.509 clients; PSK clients prove their key)")
+)
+const tlsPsk = Options.file("tls-psk", { exists: "yes" }).pipe(
+  Options.optional,
+  Options.withDescription(
+    "TLS-PSK key file in psktool's format, one username:hexkey per line; the user name is the client's identity " +
+      "(with --tls-certificates too, X.509 and PSK clients share the port)"
+  )
 )
 
 const handshakeTimeout = Options.float("handshake-timeout").pipe(
@@ -93,6 +100,7 @@ const listenOptions = {
   tlsMode,
   tlsCertificates,
   tlsVerifyPeer,
+  tlsPsk,
   handshakeTimeout,
   idleTimeout,
   maxConnections,
@@ -110,21 +118,31 @@ type Listen = {
   readonly tlsMode: "off" | "on" | "require"
   readonly tlsCertificates: Option.Option<string>
   readonly tlsVerifyPeer: boolean
+  readonly tlsPsk: Option.Option<string>
 }
 
 const common = { ...listenOptions, exportName, description, readOnly }
 
 const usageError = (message: string) => Effect.fail(new Error(message))
 
-/** The TLS settings of the command line, loaded. */
+/** The TLS settings of the command line, loaded: certificates, pre-shared keys, or both. */
 const tlsConfig = (options: Listen) =>
   Effect.gen(function*() {
+    const certificates = Option.getOrUndefined(options.tlsCertificates)
+    const pskFile = Option.getOrUndefined(options.tlsPsk)
     if (options.tlsMode === "off") {
-      if (Option.isSome(options.tlsCertificates)) return yield* usageError("--tls-certificates needs --tls on or --tls require")
+      if (certificates !== undefined) return yield* usageError("--tls-certificates needs --tls on or --tls require")
+      if (pskFile !== undefined) return yield* usageError("--tls-psk needs --tls on or --tls require")
+      if (options.tlsVerifyPeer) return yield* usageError("--tls-verify-peer needs --tls on or --tls require")
       return undefined
     }
-    if (Option.isNone(options.tlsCertificates)) return yield* usageError(`--tls ${options.tlsMode} needs --tls-certificates DIR`)
-    return yield* Tls.loadCertificates(options.tlsCertificates.value, options.tlsMode, options.tlsVerifyPeer)
+    if (certificates === undefined && pskFile === undefined) {
+      return yield* usageError(`--tls ${options.tlsMode} needs --tls-certificates DIR or --tls-psk FILE`)
+    }
+    if (options.tlsVerifyPeer && certificates === undefined) {
+      return yield* usageError("--tls-verify-peer needs --tls-certificates DIR (with ca-cert.pem)")
+    }
+    return yield* Tls.load({ mode: options.tlsMode, certificates, verifyPeer: options.tlsVerifyPeer, pskFile })
   })
 
 /** Whether a listen address reaches only this machine. */

@@ -40,7 +40,7 @@ export const tlsIdentity = (socket: tls.TLSSocket): TlsIdentity => {
   const subject = certificate !== null && typeof certificate === "object" && certificate.subject !== undefined
     ? Option.some(Object.entries(certificate.subject).map(([key, value]) => `${key}=${String(value)}`).join(","))
     : Option.none()
-  return { subject, psk: Option.none() }
+  return { subject, psk: Tls.pskIdentity(socket) }
 }
 
 /** Serves one client over a byte stream (a socket, a TLS socket, or an in-process pipe). */
