@@ -26,8 +26,8 @@
  * - granularity=SIZE (default 64K): bytes per bit, a power of two from 512 to 32M.
  * - bitmap=NAME (default active): name of the active bitmap.
  * - state=PATH (default none): file the bitmaps persist in across restarts.
- * - control=PATH (default none): Unix socket of an admin endpoint taking `list`,
- *   `checkpoint NAME` and `remove NAME` lines (see `DirtyAdmin.ts`).
+ * - control=PATH (default none): Unix socket of an HTTP admin endpoint: `GET /bitmaps`,
+ *   `POST /bitmaps/NAME` (checkpoint), `DELETE /bitmaps/NAME` (see `DirtyAdmin.ts`).
  *
  * @since 0.2.0
  */
@@ -182,7 +182,7 @@ const parameters: ReadonlyArray<Params.ParameterDoc> = [
   { name: "granularity", default: "64K", description: "bytes per bit of the bitmaps (a power of two from 512 to 32M)" },
   { name: "bitmap", default: DEFAULT_BITMAP, description: "name of the active bitmap (qemu:dirty-bitmap:NAME)" },
   { name: "state", description: "file the bitmaps persist in across restarts (default: none, in memory)" },
-  { name: "control", description: "Unix socket of an admin endpoint: list, checkpoint NAME, remove NAME (default: none)" }
+  { name: "control", description: "Unix socket of an HTTP admin endpoint: GET /bitmaps, POST or DELETE /bitmaps/NAME (default: none)" }
 ]
 
 /** The dirty filter by name (`--filter dirty:granularity=4K,state=/var/lib/disk.dirty`). */

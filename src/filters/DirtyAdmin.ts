@@ -1,39 +1,65 @@
 /**
- * The `dirty` filter's admin endpoint: its {@link DirtyControl} on a Unix socket, for
- * control from outside the process (`control=PATH`). One command per line, one JSON
- * reply per line, in order:
+ * The `dirty` filter's admin endpoint: its {@link DirtyControl} over HTTP on a Unix socket
+ * (`control=PATH`), served by @effect/platform's HTTP server, for control from outside the
+ * process. Replies are JSON:
  *
- * - `list` → `{"ok":true,"bitmaps":[{"name","active","granularity","dirtyBytes","inconsistent"},...]}`
- * - `checkpoint NAME` → `{"ok":true,"bitmap":{...}}` (the frozen bitmap)
- * - `remove NAME` → `{"ok":true}`
- * - a failure → `{"ok":false,"reason":"Exists","message":"..."}`
+ * - `GET /bitmaps` → `{"ok":true,"bitmaps":[{"name","active","granularity","dirtyBytes","inconsistent"},...]}`
+ * - `POST /bitmaps/NAME` → checkpoint: freezes the active bitmap as NAME, `{"ok":true,"bitmap":{...}}`
+ * - `DELETE /bitmaps/NAME` → removes a frozen bitmap, `{"ok":true}`
+ * - a failure → `{"ok":false,"reason":"Exists","message":"..."}` with status 400 (bad name,
+ *   the active bitmap), 404 (no such bitmap), 409 (exists) or 500
  *
- * For example `echo 'checkpoint daily-1' | nc -U /run/disk.dirty.sock`. Anyone who can
- * open the socket controls the bitmaps: it is created with mode 0600.
+ * For example `curl --unix-socket /run/disk.dirty.sock -X POST http://localhost/bitmaps/daily-1`.
+ * Anyone who can open the socket controls the bitmaps: it is created with mode 0600.
  *
  * @since 0.2.0
  */
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as Effect from "effect/Effect"
-import * as Runtime from "effect/Runtime"
+import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
-import * as net from "node:net"
+import * as http from "node:http"
 import { DirtyError } from "./DirtyState.ts"
 import type { DirtyControl } from "./DirtyTracker.ts"
 
-/** The reply to one command line. */
-export const command = (control: DirtyControl, line: string): Effect.Effect<unknown> => {
-  const [verb = "", ...rest] = line.trim().split(/\s+/)
-  const name = rest.join(" ")
-  const run: Effect.Effect<unknown, DirtyError> = verb === "list" && rest.length === 0
-    ? Effect.map(control.list, (bitmaps) => ({ ok: true, bitmaps }))
-    : verb === "checkpoint" && rest.length === 1
-    ? Effect.map(control.checkpoint(name), (bitmap) => ({ ok: true, bitmap }))
-    : verb === "remove" && rest.length === 1
-    ? Effect.as(control.remove(name), { ok: true })
-    : Effect.fail(new DirtyError({ reason: "BadCommand", message: `unknown command '${line.trim()}'` }))
-  return Effect.catchAll(run, (e) => Effect.succeed({ ok: false, reason: e.reason, message: e.message }))
+/** The HTTP status of a failure. */
+const statusOf = (reason: DirtyError["reason"]): number => {
+  switch (reason) {
+    case "InvalidName":
+    case "Active":
+      return 400
+    case "NotFound":
+      return 404
+    case "Exists":
+      return 409
+    default:
+      return 500
+  }
 }
+
+/** A JSON reply: the body on success, `{ ok: false, reason, message }` on failure. */
+const reply = (effect: Effect.Effect<unknown, DirtyError>) =>
+  Effect.match(effect, {
+    onFailure: (e) =>
+      HttpServerResponse.unsafeJson({ ok: false, reason: e.reason, message: e.message }, { status: statusOf(e.reason) }),
+    onSuccess: (body) => HttpServerResponse.unsafeJson(body)
+  })
+
+/** The bitmap named in the path. */
+const named = <A>(f: (name: string) => Effect.Effect<A, DirtyError>) =>
+  Effect.flatMap(HttpRouter.params, (params) => reply(f(params.name ?? "")))
+
+/** The routes of the endpoint. */
+export const router = (control: DirtyControl) =>
+  HttpRouter.empty.pipe(
+    HttpRouter.get("/bitmaps", reply(Effect.map(control.list, (bitmaps) => ({ ok: true, bitmaps })))),
+    HttpRouter.post("/bitmaps/:name", named((name) => Effect.map(control.checkpoint(name), (bitmap) => ({ ok: true, bitmap })))),
+    HttpRouter.del("/bitmaps/:name", named((name) => Effect.as(control.remove(name), { ok: true })))
+  )
 
 /** Removes a stale socket left by an earlier run (only a socket: never another kind of file). */
 const removeStale = (path: string) => {
@@ -44,44 +70,16 @@ const removeStale = (path: string) => {
   }
 }
 
-/** Serves `control` on a Unix socket at `path` for the life of the scope. */
+/** Serves `control` over HTTP on a Unix socket at `path` for the life of the scope. */
 export const serve = (control: DirtyControl, path: string): Effect.Effect<void, DirtyError, Scope.Scope> =>
   Effect.gen(function*() {
-    const runtime = yield* Effect.runtime<never>()
-    const sockets = new Set<net.Socket>()
-    const server = net.createServer((socket) => {
-      sockets.add(socket)
-      socket.on("close", () => sockets.delete(socket))
-      socket.on("error", () => socket.destroy())
-      let buffered = ""
-      let queue = Promise.resolve()
-      socket.on("data", (chunk) => {
-        buffered += chunk.toString("utf8")
-        if (buffered.length > 65536) return socket.destroy()
-        const lines = buffered.split("\n")
-        buffered = lines.pop()!
-        for (const line of lines.filter((l) => l.trim() !== "")) {
-          queue = queue.then(async () => {
-            const reply = await Runtime.runPromise(runtime)(command(control, line))
-            if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`)
-          })
-        }
-      })
-    })
-    yield* Effect.acquireRelease(
-      Effect.async<void, DirtyError>((resume) => {
-        removeStale(path)
-        server.once("error", (cause) =>
-          resume(Effect.fail(new DirtyError({ reason: "Control", message: `dirty: cannot listen on ${path}: ${cause}` }))))
-        server.listen(path, () => {
-          fs.chmodSync(path, 0o600)
-          resume(Effect.void)
-        })
-      }),
-      () =>
-        Effect.async<void>((resume) => {
-          for (const socket of sockets) socket.destroy()
-          server.close(() => resume(Effect.void))
-        })
+    removeStale(path)
+    const server = HttpServer.serve(router(control)).pipe(
+      Layer.provide(NodeHttpServer.layer(() => http.createServer(), { path }))
     )
+    yield* Layer.build(server).pipe(
+      Effect.mapError((cause) => new DirtyError({ reason: "Control", message: `dirty: cannot listen on ${path}: ${cause.message}` }))
+    )
+    yield* Effect.sync(() => fs.chmodSync(path, 0o600))
+    yield* Effect.addFinalizer(() => Effect.sync(() => removeStale(path)))
   })

@@ -32,7 +32,6 @@ export class DirtyError extends Data.TaggedError("DirtyError")<{
     | "InUse"
     | "Closed"
     | "Control"
-    | "BadCommand"
   readonly message: string
 }> {}
 

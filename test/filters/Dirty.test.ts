@@ -8,7 +8,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
 import * as fs from "node:fs"
-import * as net from "node:net"
+import * as http from "node:http"
 import * as path from "node:path"
 import * as Client from "../../src/client/NbdClient.ts"
 import * as Driver from "../../src/Driver.ts"
@@ -404,25 +404,20 @@ describe("plugin", () => {
   })
 })
 
-/** Sends lines to a Unix socket and collects `count` reply lines as JSON. */
-const ask = (socketPath: string, lines: ReadonlyArray<string>, count: number) =>
-  Effect.async<Array<any>, Error>((resume) => {
-    const socket = net.connect(socketPath)
-    let text = ""
-    socket.on("error", (error) => resume(Effect.fail(error)))
-    socket.on("data", (chunk) => {
-      text += chunk.toString("utf8")
-      const replies = text.split("\n").filter((l) => l !== "")
-      if (replies.length >= count) {
-        socket.destroy()
-        resume(Effect.succeed(replies.map((l) => JSON.parse(l))))
-      }
+/** One HTTP request to the admin endpoint on its Unix socket: the status and the JSON body. */
+const ask = (socketPath: string, method: string, path: string) =>
+  Effect.async<{ readonly status: number; readonly body: any }, Error>((resume) => {
+    const request = http.request({ socketPath, method, path }, (response) => {
+      let text = ""
+      response.on("data", (chunk) => (text += chunk))
+      response.on("end", () => resume(Effect.succeed({ status: response.statusCode ?? 0, body: JSON.parse(text) })))
     })
-    socket.write(lines.map((l) => `${l}\n`).join(""))
+    request.on("error", (error) => resume(Effect.fail(error)))
+    request.end()
   })
 
 describe("admin endpoint (control=PATH)", () => {
-  it.scoped("takes list, checkpoint and remove lines on a Unix socket, for the life of the stack", () =>
+  it.scoped("lists, checkpoints and removes bitmaps over HTTP on a Unix socket, for the life of the stack", () =>
     Effect.gen(function*() {
       const socketPath = path.join(yield* tempDir, "control.sock")
       yield* inStack(Effect.gen(function*() {
@@ -430,29 +425,32 @@ describe("admin endpoint (control=PATH)", () => {
         expect(fs.statSync(socketPath).mode & 0o777).toBe(0o600)
         const client = yield* InProcess.connect({}).pipe(Effect.provide(exports))
         yield* client.write(0, new Uint8Array(10))
-        const replies = yield* ask(socketPath, [
-          "list",
-          "checkpoint c1",
-          "checkpoint c1",
-          "remove active",
-          "bogus",
-          "list",
-          "remove c1"
-        ], 7)
+        const replies = yield* Effect.forEach([
+          ["GET", "/bitmaps"],
+          ["POST", "/bitmaps/c1"],
+          ["POST", "/bitmaps/c1"],
+          ["DELETE", "/bitmaps/active"],
+          ["DELETE", "/bitmaps/nothing"],
+          ["GET", "/bitmaps"],
+          ["DELETE", "/bitmaps/c1"]
+        ] as const, ([method, route]) => ask(socketPath, method, route))
         expect(replies).toEqual([
-          { ok: true, bitmaps: [{ name: "active", active: true, granularity: 4096, dirtyBytes: 4096, inconsistent: false }] },
-          { ok: true, bitmap: { name: "c1", active: false, granularity: 4096, dirtyBytes: 4096, inconsistent: false } },
-          { ok: false, reason: "Exists", message: "dirty: bitmap 'c1' exists" },
-          { ok: false, reason: "Active", message: "dirty: 'active' is the active bitmap" },
-          { ok: false, reason: "BadCommand", message: "unknown command 'bogus'" },
+          { status: 200, body: { ok: true, bitmaps: [{ name: "active", active: true, granularity: 4096, dirtyBytes: 4096, inconsistent: false }] } },
+          { status: 200, body: { ok: true, bitmap: { name: "c1", active: false, granularity: 4096, dirtyBytes: 4096, inconsistent: false } } },
+          { status: 409, body: { ok: false, reason: "Exists", message: "dirty: bitmap 'c1' exists" } },
+          { status: 400, body: { ok: false, reason: "Active", message: "dirty: 'active' is the active bitmap" } },
+          { status: 404, body: { ok: false, reason: "NotFound", message: expect.stringContaining("nothing") } },
           {
-            ok: true,
-            bitmaps: [
-              { name: "active", active: true, granularity: 4096, dirtyBytes: 0, inconsistent: false },
-              { name: "c1", active: false, granularity: 4096, dirtyBytes: 4096, inconsistent: false }
-            ]
+            status: 200,
+            body: {
+              ok: true,
+              bitmaps: [
+                { name: "active", active: true, granularity: 4096, dirtyBytes: 0, inconsistent: false },
+                { name: "c1", active: false, granularity: 4096, dirtyBytes: 4096, inconsistent: false }
+              ]
+            }
           },
-          { ok: true }
+          { status: 200, body: { ok: true } }
         ])
         expect((yield* control.list).map((b) => b.name)).toEqual(["active"])
       }))
