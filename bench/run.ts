@@ -116,7 +116,7 @@ const negotiatedCipher = async (uri: string): Promise<string> => {
 const USAGE =
   "usage: npm run bench [-- [--quick] [--filters | --tls]]\n" +
   "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies (report in bench/results/quick.md)\n" +
-  "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats\n" +
+  "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats, +dirty\n" +
   "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n"
 
 /** What the command line asks for. */

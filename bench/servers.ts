@@ -6,7 +6,8 @@
  * With `--filters` the bench adds effect-nbd's memory export behind pass-through
  * filter stacks ({@link FILTER_SERVERS}), to measure what filters cost against
  * plain effect-nbd: `error:rate=0` intercepts every operation and forwards it
- * (the Effect path), `stats` keeps the synchronous fast path of the memory driver.
+ * (the Effect path), `stats` and `dirty` (changed-block tracking) keep the synchronous
+ * fast path of the memory driver.
  *
  * With `--tls` the bench measures instead effect-nbd and nbdkit memory with
  * `--tls require`, each with X.509 certificates and with a TLS-PSK key file
@@ -21,7 +22,7 @@ import * as path from "node:path"
 import { hasExited, spawnTracked, stop } from "./proc.ts"
 
 /** An effect-nbd memory export, plain or behind a filter stack. */
-export type EffectNbdId = "effect-nbd" | "effect-nbd-filter1" | "effect-nbd-filter3" | "effect-nbd-stats"
+export type EffectNbdId = "effect-nbd" | "effect-nbd-filter1" | "effect-nbd-filter3" | "effect-nbd-stats" | "effect-nbd-dirty"
 
 /** A memory export over TLS (`--tls`): effect-nbd or nbdkit, with certificates or pre-shared keys. */
 export type TlsServerId = "effect-nbd-x509" | "effect-nbd-psk" | "nbdkit-x509" | "nbdkit-psk"
@@ -55,7 +56,8 @@ export const EFFECT_NBD_FILTERS: Record<EffectNbdId, ReadonlyArray<string>> = {
   "effect-nbd": [],
   "effect-nbd-filter1": ["error:rate=0"],
   "effect-nbd-filter3": ["error:rate=0", "error:rate=0", "error:rate=0"],
-  "effect-nbd-stats": ["stats"]
+  "effect-nbd-stats": ["stats"],
+  "effect-nbd-dirty": ["dirty"]
 }
 
 /** The servers, in the order they are benchmarked and shown. */
@@ -77,7 +79,8 @@ export const TLS_SERVERS: ReadonlyArray<ServerInfo> = [
 export const FILTER_SERVERS: ReadonlyArray<ServerInfo> = [
   { id: "effect-nbd-filter1", label: "effect-nbd +1 filter", filterLabel: "+1 filter" },
   { id: "effect-nbd-filter3", label: "effect-nbd +3 filters", filterLabel: "+3 filters" },
-  { id: "effect-nbd-stats", label: "effect-nbd +stats", filterLabel: "+stats" }
+  { id: "effect-nbd-stats", label: "effect-nbd +stats", filterLabel: "+stats" },
+  { id: "effect-nbd-dirty", label: "effect-nbd +dirty", filterLabel: "+dirty" }
 ]
 
 /**
@@ -300,6 +303,7 @@ export const startServer = (
     case "effect-nbd-filter1":
     case "effect-nbd-filter3":
     case "effect-nbd-stats":
+    case "effect-nbd-dirty":
       return startEffectNbd(id, repoRoot, sizeBytes)
     case "nbdkit-memory":
       return startNbdkit(id, "memory", sizeBytes)

@@ -87,7 +87,7 @@ export const FILTER_RATIO_NOTE =
   "Filter ratios = effect-nbd behind the filter stack / plain effect-nbd (same memory export): " +
   "for MiB/s and IOPS below 1, and for latency and RSS above 1, is what the stack costs. " +
   "+1 filter and +3 filters stack error:rate=0, which intercepts every request and forwards it (the Effect path); " +
-  "+stats keeps the memory driver's synchronous fast path."
+  "+stats and +dirty (changed-block tracking) keep the memory driver's synchronous fast path."
 
 /** The ratio columns of `--tls`: every TLS server against nbdkit X.509, and effect-nbd PSK against nbdkit PSK. */
 export const TLS_RATIOS: ReadonlyArray<RatioColumn> = [
