@@ -110,6 +110,12 @@ export class BlockLocks {
   }
 }
 
+/** `[offset, offset + length)` widened to multiples of `minimum`, its end clipped to `size`. */
+export const widen = (offset: number, length: number, minimum: number, size = Infinity) => {
+  const start = offset - (offset % minimum)
+  return { start, end: Math.min(Math.ceil((offset + length) / minimum) * minimum, size) }
+}
+
 /** The largest multiple of `minimum` not above `maximum` (at least `minimum`). */
 const step = (minimum: number, maximum: number) => Math.max(minimum, maximum - (maximum % minimum))
 
@@ -125,9 +131,7 @@ export const readBelow = (
   const { maximum, minimum } = below.capabilities.blockSize
   if (minimum === 1 && length <= maximum) return below.read(offset, length)
   return Effect.gen(function*() {
-    const size = yield* below.size
-    const start = offset - (offset % minimum)
-    const end = Math.min(Math.ceil((offset + length) / minimum) * minimum, size)
+    const { end, start } = widen(offset, length, minimum, yield* below.size)
     const out = new Uint8Array(end - start)
     const chunk = step(minimum, maximum)
     for (let at = start; at < end; at += chunk) out.set(yield* below.read(at, Math.min(chunk, end - at)), at - start)

@@ -27,7 +27,7 @@ import { type ProtocolError, protocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { FilterPlugin } from "../Plugin.ts"
 import { AllocationState } from "../protocol/Constants.ts"
-import { blockLength, blockSizeProblem, forEachPiece, type Piece, readBelow } from "./Blocks.ts"
+import { blockLength, blockSizeProblem, forEachPiece, type Piece, readBelow, widen } from "./Blocks.ts"
 import { Overlay, overlayFlags } from "./CowOverlay.ts"
 
 export { Overlay } from "./CowOverlay.ts"
@@ -76,17 +76,15 @@ export const layeredStatus = (
   })
 
 /** The range widened to the driver below's minimum block size. */
-const widen = (below: Driver.DriverHandle, offset: number, length: number) => {
-  const minimum = below.capabilities.blockSize.minimum
-  const start = offset - (offset % minimum)
-  const end = Math.ceil((offset + length) / minimum) * minimum
+const widenBelow = (below: Driver.DriverHandle, offset: number, length: number) => {
+  const { end, start } = widen(offset, length, below.capabilities.blockSize.minimum)
   return { start, length: end - start, skip: offset - start }
 }
 
 /** Block status below of a range the client may not have aligned: asked aligned, the head dropped. */
 const alignedStatus = (below: Driver.DriverHandle, offset: number, length: number) =>
   Effect.map(Effect.suspend(() => {
-    const range = widen(below, offset, length)
+    const range = widenBelow(below, offset, length)
     return Effect.map(below.blockStatus(range.start, range.length), (extents) => ({ extents, skip: range.skip }))
   }), ({ extents, skip }) => {
     const out: Array<Driver.Extent> = []
@@ -250,7 +248,7 @@ const overrides = (overlay: Overlay, below: Driver.DriverHandle): Driver.HandleO
   // CACHE only warms the driver below, on its alignment (the overlay is memory already).
   cache: (offset, length) =>
     Effect.suspend(() => {
-      const range = widen(below, offset, length)
+      const range = widenBelow(below, offset, length)
       return below.capabilities.cache ? below.cache(range.start, range.length) : Effect.void
     }),
   trim: zeroes(overlay, below, "trimmed"),

@@ -19,9 +19,10 @@
 import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import * as Driver from "../Driver.ts"
-import { optionReplyError, type ProtocolError } from "../Errors.ts"
+import { optionReplyError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { FilterPlugin } from "../Plugin.ts"
+import { readBelow } from "./Blocks.ts"
 import * as Offset from "./Offset.ts"
 import * as PartitionTable from "./PartitionTable.ts"
 
@@ -31,32 +32,11 @@ export interface PartitionOptions {
   readonly partition: number
 }
 
-/**
- * Reads `[offset, offset + length)` of a handle in requests it accepts: widened to its
- * minimum block size (clipped to its size) and split at its maximum.
- */
-export const readAligned = (
-  handle: Driver.DriverHandle,
-  size: number,
-  offset: number,
-  length: number
-): Effect.Effect<Uint8Array, ProtocolError> => {
-  const { minimum, maximum } = handle.capabilities.blockSize
-  const start = offset - (offset % minimum)
-  const end = Math.min(size, Math.ceil((offset + length) / minimum) * minimum)
-  const step = Math.max(minimum, maximum - (maximum % minimum))
-  return Effect.gen(function*() {
-    const out = new Uint8Array(end - start)
-    for (let at = start; at < end; at += step) out.set(yield* handle.read(at, Math.min(step, end - at)), at - start)
-    return out.subarray(offset - start, offset - start + length)
-  })
-}
-
 /** Finds the partition through the handle below and opens the window over it. */
 const open = (below: Driver.DriverHandle, n: number) =>
   Effect.gen(function*() {
     const size = yield* below.size
-    const partition = yield* PartitionTable.find(n, size, (offset, length) => readAligned(below, size, offset, length))
+    const partition = yield* PartitionTable.find(n, size, (offset, length) => readBelow(below, offset, length))
     return yield* Offset.open(below, { offset: partition.offset, range: partition.length }, `partition ${n}`)
   }).pipe(
     Effect.catchTags({
