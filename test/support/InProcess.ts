@@ -1,6 +1,6 @@
 /**
- * An in-process connection: two linked Duplex streams, the server's session on one end
- * and a client on the other, with no socket involved.
+ * Shorthands of the tests over the public in-process testing module: a session on one end
+ * of a pipe, a registry of one driver layer, one-off filters.
  */
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
@@ -11,7 +11,6 @@ import * as Driver from "../../src/Driver.ts"
 import { type DriverHandle, type HandleOverrides, NbdDriver, type NbdDriverShape } from "../../src/Driver.ts"
 import * as Export from "../../src/Export.ts"
 import * as ServerConfig from "../../src/server/ServerConfig.ts"
-import * as Session from "../../src/server/Session.ts"
 import * as Shutdown from "../../src/server/Shutdown.ts"
 
 /** Two connected in-memory streams. */
@@ -24,18 +23,13 @@ export const duplexPair = Testing.duplexPair
 export const serverStream = (
   config: Partial<ServerConfig.ServerConfig> = {},
   shutdown: Shutdown.Shutdown = Shutdown.never
-): Effect.Effect<Duplex, never, Scope.Scope | Export.ExportRegistry> =>
-  Effect.gen(function*() {
-    const [client, server] = duplexPair()
-    yield* Effect.forkScoped(Session.run(server, { config: ServerConfig.make(config), connectionId: 1, shutdown }))
-    return client
-  })
+): Effect.Effect<Duplex, never, Scope.Scope | Export.ExportRegistry> => Testing.serve({ server: config, shutdown })
 
 /** A registry of one export backed by the `NbdDriver` layer given. */
 export const exportsOf = (
   driver: Layer.Layer<NbdDriver>,
   options: Export.ExportOptions = {}
-): Layer.Layer<Export.ExportRegistry> => Export.ExportRegistry.layerDriver(options).pipe(Layer.provide(driver))
+): Layer.Layer<Export.ExportRegistry> => Testing.exportDriver(driver, options)
 
 /** A driver layer from a shape. */
 export const driverLayer = (driver: NbdDriverShape): Layer.Layer<NbdDriver> => Layer.succeed(NbdDriver, driver)
