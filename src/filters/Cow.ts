@@ -10,7 +10,8 @@
  *   is zeroed in its copy.
  * - Reads merge the overlay and the driver below block by block; block status reports
  *   blocks in the overlay as data (trimmed: hole and zero; zeroed: zero) and the rest as
- *   the driver below does. {@link allocationDepth} tells which layer holds each byte.
+ *   the driver below does. {@link allocationDepth} tells which layer holds data for each
+ *   byte; clients get `qemu:allocation-depth`, counted as qemu counts it (see {@link ALLOCATION_DEPTH}).
  * - FLUSH and FUA succeed at once (the overlay is volatile by design); multi-connection
  *   is offered (one overlay); resizing is not; fast zeroing is (it is a memory update).
  *
@@ -107,7 +108,12 @@ const mergeBy = <K extends "flags" | "depth">(extents: ReadonlyArray<LayeredExte
   return out
 }
 
-/** Allocation depth of `[offset, offset + length)` (as qemu's `qemu:allocation-depth`). */
+/**
+ * Which layer holds data for each byte of `[offset, offset + length)`: 1 the overlay, 2 the
+ * driver below, 0 neither (a hole below). Not qemu's count, which takes a layer without
+ * allocation of its own (a raw image) as allocated everywhere: that one is served as
+ * {@link ALLOCATION_DEPTH}.
+ */
 export const allocationDepth = (
   overlay: Overlay,
   below: Driver.DriverHandle,
