@@ -14,6 +14,7 @@ import { protocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { DriverPlugin } from "../Plugin.ts"
 import { formatSize } from "../Size.ts"
+import { keysIn } from "../SparseKeys.ts"
 import { parseSizeArgument } from "./SizeArgument.ts"
 
 /** Allocation granularity in bytes. */
@@ -124,11 +125,7 @@ export class SparseMemory {
     if (first > last) return clear(offset, end) // within one page
     if (offset < first * PAGE_SIZE) clear(offset, first * PAGE_SIZE)
     if (end > last * PAGE_SIZE) clear(last * PAGE_SIZE, end)
-    if (last - first <= this.pages.size) {
-      for (let index = first; index < last; index++) this.pages.delete(index)
-    } else {
-      for (const index of [...this.pages.keys()]) if (index >= first && index < last) this.pages.delete(index)
-    }
+    for (const index of keysIn(this.pages, first, last)) this.pages.delete(index)
   }
 
   /**
@@ -140,13 +137,7 @@ export class SparseMemory {
     const end = offset + length
     const first = Math.floor(offset / PAGE_SIZE)
     const last = Math.ceil(end / PAGE_SIZE)
-    const allocated: Array<number> = []
-    if (last - first <= this.pages.size) {
-      for (let index = first; index < last; index++) if (this.pages.has(index)) allocated.push(index)
-    } else {
-      for (const index of this.pages.keys()) if (index >= first && index < last) allocated.push(index)
-      allocated.sort((a, b) => a - b)
-    }
+    const allocated = keysIn(this.pages, first, last)
     const extents: Array<{ length: number; flags: number }> = []
     const add = (from: number, to: number, flags: number) => {
       const previous = extents[extents.length - 1]

@@ -51,17 +51,6 @@ export const forEachPiece = (offset: number, length: number, blockSize: number, 
 export const blockLength = (index: number, blockSize: number, size: number): number =>
   Math.max(0, Math.min(blockSize, size - index * blockSize))
 
-/** Block numbers from `first` to `last - 1` that are keys of `map`, ascending, without walking a huge range. */
-export const keysIn = (map: ReadonlyMap<number, unknown>, first: number, last: number): Array<number> => {
-  const found: Array<number> = []
-  if (last - first <= map.size) {
-    for (let index = first; index < last; index++) if (map.has(index)) found.push(index)
-    return found
-  }
-  for (const index of map.keys()) if (index >= first && index < last) found.push(index)
-  return found.sort((a, b) => a - b)
-}
-
 /**
  * A mutual-exclusion lock per block number, created on first use and dropped when no
  * fiber holds or waits for it. A fiber that holds one lock may take others only with

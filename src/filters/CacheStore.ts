@@ -8,7 +8,8 @@
  * @since 0.2.0
  */
 import type { DriverHandle, Extent } from "../Driver.ts"
-import { blockSizeProblem, BlockLocks, keysIn } from "./Blocks.ts"
+import { keysIn } from "../SparseKeys.ts"
+import { blockSizeProblem, BlockLocks } from "./Blocks.ts"
 
 /** A cached block: `blockSize` bytes (the last block of an export may use fewer). */
 export interface CacheEntry {

@@ -9,7 +9,8 @@
  * @since 0.2.0
  */
 import { AllocationState } from "../protocol/Constants.ts"
-import { blockSizeProblem, BlockLocks, keysIn } from "./Blocks.ts"
+import { keysIn } from "../SparseKeys.ts"
+import { blockSizeProblem, BlockLocks } from "./Blocks.ts"
 
 /** Where a block's bytes come from. */
 export type BlockState = "below" | "data" | "trimmed" | "zeroed"
