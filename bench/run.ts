@@ -32,6 +32,7 @@ import { type FioResult, type FioTiming, type FioWorkload, PREFILL, runFio, WORK
 import { COPIES, type CopyRun, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
 import { installCleanup, isShuttingDown, runToCompletion, stopAll } from "./proc.ts"
 import { filterArgs, type RunningServer, type ServerId, serversOf, startServer, TLS_SERVERS } from "./servers.ts"
+import { barsOf, renderChart } from "./chart.ts"
 import { formatSystemInfo, systemInfo } from "./system.ts"
 import {
   type Cell,
@@ -343,6 +344,11 @@ const main = async (): Promise<number> => {
   )
   writeFileSync(reportFile, report)
   progress(`bench: report written to ${path.relative(process.cwd(), reportFile)}`)
+  const chartColumn = (tls ? TLS_RATIOS : defaultRatios(servers))[0]!
+  const chartFile = reportFile.replace(/\.md$/, ".svg")
+  const chartTitle = `${chartColumn.label} (${mode.name}${tls ? ", TLS" : ""}, ${info.date.slice(0, 10)}, ${info.source.split(" ")[0]})`
+  writeFileSync(chartFile, renderChart(chartTitle, barsOf(rows, chartColumn)))
+  progress(`bench: chart written to ${path.relative(process.cwd(), chartFile)}`)
   return failures.length > 0 ? 1 : 0
 }
 
