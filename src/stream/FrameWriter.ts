@@ -4,6 +4,9 @@
  * A frame is a list of chunks (a header and the payload, never concatenated) written
  * in one synchronous step, so the frames of concurrent requests never interleave.
  * Frames written in the same tick are corked together and leave in one `writev`.
+ * Over TLS, where Node's batched path copies everything it batches before encrypting,
+ * frames go through a {@link WriteQueue} instead: one write in flight, small chunks
+ * merged, large payloads written as they are.
  * Writes are not awaited one by one; instead the request parser stops taking work
  * while too many bytes are queued (`isFull`) and resumes once they drain.
  *
@@ -11,6 +14,8 @@
  */
 import * as Effect from "effect/Effect"
 import type { Duplex } from "node:stream"
+import { TLSSocket } from "node:tls"
+import * as WriteQueue from "./WriteQueue.ts"
 
 /** A frame writer over one connection. */
 export interface FrameWriter {
@@ -34,6 +39,12 @@ export interface FrameWriterOptions {
   readonly highWaterMark?: number | undefined
   /** How long `end` waits for queued bytes to be sent before closing anyway. */
   readonly endTimeoutMillis?: number | undefined
+  /**
+   * Write through a {@link WriteQueue} rather than corking (default: for TLS sockets). The stream
+   * must be done with a chunk once it calls back its write, as sockets are: the queue reuses its
+   * merge buffer then.
+   */
+  readonly queued?: boolean | undefined
 }
 
 /** Completes on the first of `events` (listeners are removed either way); `then` runs once listening. */
@@ -50,22 +61,25 @@ const firstEvent = (stream: Duplex, events: ReadonlyArray<string>, then?: () => 
     })
   })
 
-/** Makes a frame writer over a stream. */
-export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWriter => {
-  const highWaterMark = options.highWaterMark ?? 16 * 1024 * 1024
-  const endTimeoutMillis = options.endTimeoutMillis ?? 5_000
-  const writable = () => !stream.destroyed && !stream.writableEnded
+/** How frames reach the stream: corked per tick, or through a write queue. */
+interface Strategy {
+  readonly write: (chunks: ReadonlyArray<Uint8Array>) => void
+  readonly flush: () => void
+  /** Bytes not yet handed to the stream. */
+  readonly held: () => number
+  /** Calls `listener` whenever held bytes may have gone down. */
+  readonly onProgress: (listener: () => void) => void
+}
 
-  // Frames written in the same tick are corked together and leave in one system call.
+/** Frames written in the same tick are corked together and leave in one system call. */
+const corking = (stream: Duplex): Strategy => {
   let corked = false
   const uncork = () => {
     if (!corked) return
     corked = false
     stream.uncork()
   }
-
   const write = (chunks: ReadonlyArray<Uint8Array>) => {
-    if (!writable()) return
     if (!corked) {
       corked = true
       stream.cork()
@@ -75,22 +89,65 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
       if (chunk.length > 0) stream.write(chunk)
     }
   }
+  return { write, flush: uncork, held: () => 0, onProgress: () => {} }
+}
+
+/** Frames written in the same tick are queued and start leaving at the end of the tick. */
+const queueing = (stream: Duplex): Strategy => {
+  const queue = WriteQueue.make(stream)
+  let scheduled = false
+  const flush = () => {
+    scheduled = false
+    queue.kick()
+  }
+  const write = (chunks: ReadonlyArray<Uint8Array>) => {
+    for (const chunk of chunks) {
+      if (chunk.length > 0) queue.push(chunk)
+    }
+    if (!scheduled) {
+      scheduled = true
+      process.nextTick(flush)
+    }
+  }
+  return { write, flush, held: queue.queuedBytes, onProgress: queue.onProgress }
+}
+
+/** Makes a frame writer over a stream. */
+export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWriter => {
+  const highWaterMark = options.highWaterMark ?? 16 * 1024 * 1024
+  const endTimeoutMillis = options.endTimeoutMillis ?? 5_000
+  const writable = () => !stream.destroyed && !stream.writableEnded
+  const strategy = (options.queued ?? stream instanceof TLSSocket) ? queueing(stream) : corking(stream)
+
+  const write = (chunks: ReadonlyArray<Uint8Array>) => {
+    if (writable()) strategy.write(chunks)
+  }
 
   const send = (chunks: ReadonlyArray<Uint8Array>) => Effect.sync(() => write(chunks))
 
-  // Full only once the stream itself waits for a drain: it emits "drain" only then, so a mark
-  // below the stream's own (16 KiB for sockets) acts as the stream's.
-  const isFull = () => writable() && stream.writableLength > highWaterMark && stream.writableNeedDrain
+  // Full only once the stream itself waits for a drain or the queue holds more than the mark: the
+  // stream emits "drain" only after it waited, so a mark below the stream's own (16 KiB for sockets)
+  // acts as the stream's.
+  const isFull = () => {
+    if (!writable()) return false
+    const held = strategy.held()
+    return held > highWaterMark || (held + stream.writableLength > highWaterMark && stream.writableNeedDrain)
+  }
 
   // Waiters for the queue to drain: one pair of stream listeners however often they ask.
   const drainWaiters = new Set<() => void>()
   const drained = () => {
+    if (isFull()) return
     stream.off("drain", drained)
     stream.off("close", drained)
     const waiters = [...drainWaiters]
     drainWaiters.clear()
     for (const waiter of waiters) waiter()
   }
+  strategy.onProgress(() => {
+    if (drainWaiters.size > 0) drained()
+    if (strategy.held() === 0) emptied()
+  })
   const onceDrained = (listener: () => void) => {
     if (!isFull()) return listener()
     if (drainWaiters.size === 0) {
@@ -100,12 +157,30 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     drainWaiters.add(listener)
   }
 
+  // Waiters for the write queue to hand everything to the stream (before ending it).
+  const emptyWaiters = new Set<() => void>()
+  const emptied = () => {
+    const waiters = [...emptyWaiters]
+    emptyWaiters.clear()
+    for (const waiter of waiters) waiter()
+  }
+  const handedOver = Effect.async<void>((resume) => {
+    const done = () => resume(Effect.void)
+    strategy.flush()
+    if (strategy.held() === 0 || !writable()) return done()
+    emptyWaiters.add(done)
+    return Effect.sync(() => emptyWaiters.delete(done))
+  })
+
   const finished = Effect.suspend(() =>
     stream.destroyed || stream.writableFinished
       ? Effect.void
-      : firstEvent(stream, ["finish", "close"], () => {
-        if (!stream.writableEnded) stream.end()
-      })
+      : Effect.zipRight(
+        handedOver,
+        firstEvent(stream, ["finish", "close"], () => {
+          if (!stream.writableEnded) stream.end()
+        })
+      )
   )
 
   const end = finished.pipe(
@@ -115,5 +190,5 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     Effect.zipRight(Effect.sync(() => stream.destroy()))
   )
 
-  return { send, write, flush: uncork, isFull, onceDrained, end }
+  return { send, write, flush: strategy.flush, isFull, onceDrained, end }
 }
