@@ -9,6 +9,7 @@
  *   npm run bench -- --filters           also effect-nbd behind pass-through filter stacks
  *   npm run bench -- --quick --filters   both
  *   npm run bench -- --tls [--quick]     nbdcopy through TLS instead (report in bench/results/tls.md or tls-quick.md)
+ *   npm run bench -- --files [--quick]   file driver against nbdkit's file plugin instead (bench/results/files.md, see FileWorkloads.ts)
  *
  * With --filters, the same run also measures effect-nbd's memory export behind
  * `--filter error:rate=0` (one filter on the Effect path), three of them, and
@@ -45,6 +46,7 @@ import {
   TLS_RATIOS
 } from "./table.ts"
 import { type BenchCredentials, makeCredentials } from "./tls.ts"
+import { FILE_MODES, runFileWorkloads } from "./FileWorkloads.ts"
 
 /** Sizes and durations of one mode. */
 interface Mode {
@@ -118,7 +120,8 @@ const USAGE =
   "usage: npm run bench [-- [--quick] [--filters | --tls]]\n" +
   "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies (report in bench/results/quick.md)\n" +
   "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats, +dirty\n" +
-  "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n"
+  "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n" +
+  "  --files     instead, the file driver against nbdkit's file plugin on tmpfs and disk (bench/results/files.md)\n"
 
 /** What the command line asks for. */
 interface Args {
@@ -127,16 +130,20 @@ interface Args {
   readonly filters: boolean
   /** Whether to measure copies through TLS instead (`--tls`). */
   readonly tls: boolean
+  /** Whether to measure the file driver instead (`--files`). */
+  readonly files: boolean
 }
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
   let mode = MODES.full
   let filters = false
   let tls = false
+  let files = false
   for (const arg of argv) {
     if (arg === "--quick") mode = MODES.quick
     else if (arg === "--filters") filters = true
     else if (arg === "--tls") tls = true
+    else if (arg === "--files") files = true
     else if (arg === "--help" || arg === "-h") {
       process.stdout.write(USAGE)
       process.exit(0)
@@ -149,7 +156,7 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     process.stderr.write(`bench: --filters and --tls are separate runs\n${USAGE}`)
     process.exit(2)
   }
-  return { mode, filters, tls }
+  return { mode, filters, tls, files }
 }
 
 /** A markdown list item on one line. */
@@ -163,7 +170,8 @@ const suspiciousLines = (log: string): Array<string> =>
 
 const main = async (): Promise<number> => {
   installCleanup()
-  const { mode, filters, tls } = parseArgs(process.argv.slice(2))
+  const { files, filters, mode, tls } = parseArgs(process.argv.slice(2))
+  if (files) return runFiles(mode.name)
   const servers = tls ? TLS_SERVERS : serversOf(filters)
   const copies = tls ? [TLS_PREFILL, ...COPIES] : COPIES
   const startedAt = process.hrtime.bigint()
@@ -349,6 +357,22 @@ const main = async (): Promise<number> => {
   const chartTitle = `${chartColumn.label} (${mode.name}${tls ? ", TLS" : ""}, ${info.date.slice(0, 10)}, ${info.source.split(" ")[0]})`
   writeFileSync(chartFile, renderChart(chartTitle, barsOf(rows, chartColumn)))
   progress(`bench: chart written to ${path.relative(process.cwd(), chartFile)}`)
+  return failures.length > 0 ? 1 : 0
+}
+
+/** `--files`: the file workloads alone, reported in bench/results/files.md (files-quick.md). */
+const runFiles = async (modeName: Mode["name"]): Promise<number> => {
+  const repoRoot = fileURLToPath(new URL("..", import.meta.url))
+  const resultsDir = path.join(repoRoot, "bench", "results")
+  const rawDir = path.join(resultsDir, "raw")
+  mkdirSync(rawDir, { recursive: true })
+  const info = await systemInfo(repoRoot)
+  const { failures, report } = await runFileWorkloads({ mode: FILE_MODES[modeName], repoRoot, rawDir, progress })
+  const text = [`# effect-nbd benchmark (files, ${modeName})`, "", formatSystemInfo(info), "", report].join("\n")
+  process.stdout.write(`\n${text}`)
+  const reportFile = path.join(resultsDir, modeName === "quick" ? "files-quick.md" : "files.md")
+  writeFileSync(reportFile, text)
+  progress(`bench: report written to ${path.relative(process.cwd(), reportFile)}`)
   return failures.length > 0 ? 1 : 0
 }
 

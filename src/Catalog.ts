@@ -6,6 +6,7 @@
  */
 import * as Either from "effect/Either"
 import type { Filter } from "./Driver.ts"
+import * as DirDriver from "./drivers/Dir.ts"
 import * as FileDriver from "./drivers/File.ts"
 import * as MemoryDriver from "./drivers/Memory.ts"
 import * as NbdDriver from "./drivers/Nbd.ts"
@@ -32,6 +33,7 @@ import type { DriverPlugin, FilterPlugin } from "./Plugin.ts"
 export const drivers: ReadonlyArray<DriverPlugin> = [
   MemoryDriver.plugin,
   FileDriver.plugin,
+  DirDriver.plugin,
   NullDriver.plugin,
   PatternDriver.plugin,
   NbdDriver.plugin

@@ -34,6 +34,21 @@ export interface DriverPlugin {
     parameters: ReadonlyMap<string, string>,
     options?: DriverPluginOptions | undefined
   ) => Either.Either<Effect.Effect<NbdDriverShape, unknown, Scope.Scope>, ParameterError>
+  /**
+   * For a driver that serves several exports (`dir`: one per file): builds them, each
+   * named. The command line uses it instead of `make` and stacks the filters on each.
+   */
+  readonly exports?: (
+    argument: string,
+    parameters: ReadonlyMap<string, string>,
+    options?: DriverPluginOptions | undefined
+  ) => Either.Either<Effect.Effect<ReadonlyArray<NamedDriver>, unknown, Scope.Scope>, ParameterError>
+}
+
+/** A driver with the export name it is served under. */
+export interface NamedDriver {
+  readonly name: string
+  readonly driver: NbdDriverShape
 }
 
 /** What every driver is told besides its own parameters. */

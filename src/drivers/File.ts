@@ -1,7 +1,36 @@
 /**
- * A driver over a regular file. One file descriptor is shared by every connection, and
- * FLUSH is `fdatasync` on it, so the export offers multi-connection; FUA writes are
- * followed by a flush. Zeroing writes zero buffers; RESIZE truncates or extends the file.
+ * A driver over a regular file or a block device, for disk images. One descriptor is
+ * shared by every connection and FLUSH is `fdatasync` on it (the device's cache flush for
+ * a block device), so the export offers multi-connection; a FUA request is followed by
+ * that flush, and nothing is acknowledged before the kernel has the data. Flushes run on
+ * a worker thread of their own (`FileSync.ts`), so that they never hold up reads.
+ *
+ * - TRIM punches a hole (`fallocate` PUNCH_HOLE|KEEP_SIZE; `BLKDISCARD` on a device).
+ * - WRITE_ZEROES punches a hole, or with NO_HOLE zeroes in place (`ZERO_RANGE`), falling
+ *   back where the file system cannot (see `FileSpace.ts`); FAST_ZERO fails with ENOTSUP
+ *   at once where only writing zeroes would do.
+ * - BLOCK_STATUS (`base:allocation`) reports holes (HOLE|ZERO) and data from
+ *   `lseek(SEEK_DATA/SEEK_HOLE)`, so sparse images copy as sparse.
+ * - CACHE asks the kernel to read ahead (`posix_fadvise` WILLNEED).
+ * - RESIZE truncates or extends a regular file. The size is read when a client opens the
+ *   export and kept; a RESIZE updates it (no `fstat` per request).
+ * - A file on tmpfs or ramfs, whose pages never wait for a disk, is read and written
+ *   synchronously on the event loop (the server's fast path, as for the memory driver; a
+ *   failed write there, such as a full tmpfs, is answered EIO rather than ENOSPC); other
+ *   files through libuv's thread pool.
+ *
+ * Parameters (`KEY=VALUE` after the path):
+ * - `cache=` (`default`): `default` uses the page cache; `none` opens the file with
+ *   `O_DIRECT` too and reads and writes aligned requests through it from aligned buffers
+ *   (unaligned ones through the page cache); refused where the file system refuses
+ *   `O_DIRECT`.
+ * - `fadvise=` (`normal`): `normal`, `random` or `sequential`, the access pattern told to
+ *   the kernel (read-ahead).
+ *
+ * The system calls come from `FileCalls.ts`; where they cannot be loaded (or with
+ * `EFFECT_NBD_FILE_NATIVE=0`, or {@link FileOptions.native} false) the driver still
+ * serves, announcing once in the log that TRIM is not offered, zeroing writes zeroes and
+ * every range is reported as data.
  *
  * @since 0.1.0
  */
@@ -11,96 +40,164 @@ import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as Driver from "../Driver.ts"
-import { errnoFromSystemError, type ProtocolError, protocolError } from "../Errors.ts"
+import type { ProtocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { DriverPlugin } from "../Plugin.ts"
+import * as Calls from "./FileCalls.ts"
+import * as Io from "./FileIo.ts"
+import { type CacheMode, currentSize, type FadviseMode, open } from "./FileOpen.ts"
+import * as Space from "./FileSpace.ts"
+import * as FileSync from "./FileSync.ts"
 
 /** Options of the file driver. */
 export interface FileOptions {
+  /** A regular file or a block device. */
   readonly path: string
-  /** Open the file read-only (the export refuses writes). */
+  /** Open read-only (the export refuses writes). */
   readonly readOnly?: boolean | undefined
   readonly description?: string | undefined
+  /** `none`: `O_DIRECT` (default `default`). */
+  readonly cache?: CacheMode | undefined
+  /** Access-pattern hint (default `normal`). */
+  readonly fadvise?: FadviseMode | undefined
+  /** `false`: never use the native system calls (the portable path). Default: use them where they load. */
+  readonly native?: boolean | undefined
 }
 
-const failure = (what: string) => (cause: NodeJS.ErrnoException | null) =>
-  protocolError(errnoFromSystemError(cause), `${what}: ${cause?.message ?? "unknown error"}`)
+let announced = false
 
-/** Calls a Node.js callback API and resumes with its result. */
-const call = <A>(what: string, run: (done: (error: NodeJS.ErrnoException | null, value: A) => void) => void) =>
-  Effect.async<A, ProtocolError>((resume) => {
-    run((error, value) => resume(error ? Effect.fail(failure(what)(error)) : Effect.succeed(value)))
+/** The native calls, or `undefined` after announcing (once per process) what is lost without them. */
+const nativeCalls = (wanted: boolean): Effect.Effect<Calls.FileCalls | undefined> =>
+  Effect.suspend(() => {
+    const loaded: Calls.Loaded = wanted ? Calls.load() : { _tag: "Unavailable", reason: "native=false" }
+    if (loaded._tag === "Native") return Effect.succeed(loaded.calls)
+    if (announced) return Effect.succeed(undefined)
+    announced = true
+    return Effect.as(
+      Effect.logWarning(
+        `file: system calls unavailable (${loaded.reason}): TRIM is not offered, zeroing writes zeroes, ` +
+          "every range is reported as data, fadvise is ignored"
+      ),
+      undefined
+    )
   })
+
+const failReadOnly = (): never => {
+  throw new Error("the export is read-only")
+}
+
+const call = (what: string, run: (done: (error: NodeJS.ErrnoException | null) => void) => void) =>
+  Effect.async<void, ProtocolError>((resume) =>
+    run((error) => resume(error ? Effect.fail(Io.systemFailure(what)(error)) : Effect.void))
+  )
 
 /** Opens the file for the life of the scope and makes the driver. */
 export const make = (options: FileOptions): Effect.Effect<Driver.NbdDriverShape, ProtocolError, Scope.Scope> =>
+  Effect.map(makeSized(options), (made) => made.driver)
+
+/** {@link make}, also giving the size found when the file was opened. */
+export const makeSized = (
+  options: FileOptions
+): Effect.Effect<{ readonly driver: Driver.NbdDriverShape; readonly size: number }, ProtocolError, Scope.Scope> =>
   Effect.gen(function*() {
     const readOnly = options.readOnly ?? false
-    const fd = yield* Effect.acquireRelease(
-      call<number>(`opening ${options.path}`, (done) => fs.open(options.path, readOnly ? "r" : "r+", done)),
-      (fd) => Effect.async<void>((resume) => fs.close(fd, () => resume(Effect.void)))
-    )
-    const stat = yield* call<fs.Stats>(`reading the size of ${options.path}`, (done) => fs.fstat(fd, done))
-    if (!stat.isFile()) return yield* Effect.fail(protocolError("EINVAL", `${options.path} is not a regular file`))
-
-    const read = (offset: number, length: number) =>
-      Effect.async<Uint8Array, ProtocolError>((resume) => {
-        const buffer = Buffer.allocUnsafe(length)
-        const step = (done: number) => {
-          if (done === length) return resume(Effect.succeed(buffer))
-          fs.read(fd, buffer, done, length - done, offset + done, (error, n) => {
-            if (error) return resume(Effect.fail(failure("read")(error)))
-            if (n === 0) {
-              buffer.fill(0, done) // past the end of a file that shrank: zeroes
-              return resume(Effect.succeed(buffer))
-            }
-            step(done + n)
-          })
+    const calls = yield* nativeCalls(options.native ?? true)
+    const opened = yield* open({
+      path: options.path,
+      readOnly,
+      cache: options.cache ?? "default",
+      fadvise: options.fadvise ?? "normal",
+      calls
+    })
+    const { fd, kind } = opened
+    let size = opened.size
+    const inMemory = kind === "file" && opened.directFd === undefined && Io.isInMemory(options.path)
+    const io = opened.directFd !== undefined && calls !== undefined
+      ? Io.direct(opened.directFd, fd, calls.address)
+      : inMemory
+      ? Io.inMemory(fd)
+      : Io.buffered(fd, calls?.readCached)
+    const writeZeroes = Driver.zeroesByWriting((offset, data) => io.write(offset, data))
+    const space = calls === undefined ? undefined : Space.make({
+      fd,
+      calls,
+      kind,
+      deviceZeroesFast: opened.deviceZeroesFast,
+      writeZeroes: (offset, length) => writeZeroes(offset, length, { fua: false, noHole: true, fastZero: false })
+    })
+    const writable = readOnly ? {} : {
+      write: (offset: number, data: Uint8Array) => io.write(offset, data),
+      ...(space === undefined ? {} : { trim: space.trim, writeZeroes: space.writeZeroes }),
+      ...(kind === "file"
+        ? {
+          resize: (newSize: number) =>
+            Effect.tap(call("resize", (done) => fs.ftruncate(fd, newSize, done)), () => {
+              size = newSize
+            })
         }
-        step(0)
-      })
-
-    const write = (offset: number, data: Uint8Array) =>
-      Effect.async<void, ProtocolError>((resume) => {
-        const step = (done: number) => {
-          if (done === data.length) return resume(Effect.void)
-          fs.write(fd, data, done, data.length - done, offset + done, (error, n) => {
-            if (error) return resume(Effect.fail(failure("write")(error)))
-            step(done + n)
-          })
-        }
-        step(0)
-      })
-
-    const flush = call<void>("flush", (done) => fs.fdatasync(fd, (error) => done(error, undefined)))
-
-    return Driver.make({
+        : {})
+    }
+    const driver = Driver.make({
       name: "file",
       description: options.description,
-      capabilities: { multiConn: true },
-      size: Effect.map(call<fs.Stats>("fstat", (done) => fs.fstat(fd, done)), (s) => s.size),
-      read,
-      ...(readOnly ? {} : {
-        write: (offset, data) => write(offset, data),
-        flush,
-        resize: (size: number) => call<void>("resize", (done) => fs.ftruncate(fd, size, (error) => done(error, undefined)))
-      })
+      capabilities: { multiConn: true, fastZero: space !== undefined, rotational: opened.rotational },
+      open: () =>
+        Effect.sync(() => {
+          size = currentSize(calls, fd) ?? size
+        }),
+      size: Effect.sync(() => size),
+      read: (offset, length) => io.read(offset, length),
+      ...(inMemory
+        ? {
+          sync: {
+            size: () => size,
+            read: (offset: number, length: number) => [Io.readNow(fd, offset, length)],
+            write: (offset: number, data: Uint8Array) => readOnly ? failReadOnly() : Io.writeNow(fd, offset, data)
+          }
+        }
+        : {}),
+      flush: FileSync.make(fd),
+      ...(calls === undefined ? {} : {
+        cache: (offset: number, length: number) =>
+          Effect.sync(() => void calls.fadvise(fd, offset, length, Calls.Advice.willneed))
+      }),
+      ...(calls === undefined || kind !== "file" ? {} : {
+        blockStatus: (offset: number, length: number) => Space.blockStatus(calls, fd, offset, length)
+      }),
+      ...writable
     })
+    return { driver, size: opened.size }
   })
 
 /** A layer providing a file driver; the file is closed when the layer's scope closes. */
 export const layer = (options: FileOptions): Layer.Layer<Driver.NbdDriver, ProtocolError> =>
   Layer.scoped(Driver.NbdDriver, make(options))
 
-/** The driver by name, for the command line: `file PATH` (opened read-only for a read-only export). */
+/** The parameters `file` takes (also `dir`'s, for each file it serves). */
+export const parameters: ReadonlyArray<Params.ParameterDoc> = [
+  {
+    name: "cache",
+    default: "default",
+    description: "default (page cache) or none (O_DIRECT for aligned requests; refused where the file system refuses it)"
+  },
+  { name: "fadvise", default: "normal", description: "normal, random or sequential: the access pattern told to the kernel" }
+]
+
+/** Reads {@link parameters}. */
+export const readParameters = (reader: Params.Reader) => ({
+  cache: reader.choice("cache", ["default", "none"], "default"),
+  fadvise: reader.choice("fadvise", ["normal", "random", "sequential"], "normal")
+})
+
+/** The driver by name, for the command line: `file PATH [cache=none] [fadvise=sequential]`. */
 export const plugin: DriverPlugin = {
   name: "file",
-  summary: "a regular file (multi-connection; FLUSH and FUA are fdatasync)",
-  argument: { name: "PATH", description: "the file to export" },
-  parameters: [],
+  summary: "a regular file or block device (sparse-aware, multi-connection; FLUSH and FUA are fdatasync)",
+  argument: { name: "PATH", description: "the file or block device to export" },
+  parameters,
   make: (argument, pairs, options) =>
-    Either.flatMap(Params.decode("file", pairs, [], () => argument), (path) =>
-      path === ""
+    Either.flatMap(Params.decode("file", pairs, parameters, readParameters), (read) =>
+      argument === ""
         ? Either.left(new Params.ParameterError({ message: "file: a PATH is required" }))
-        : Either.right(make({ path, readOnly: options?.readOnly ?? false })))
+        : Either.right(make({ path: argument, readOnly: options?.readOnly ?? false, ...read })))
 }

@@ -1,0 +1,261 @@
+/**
+ * File workloads (`npm run bench -- --files [--quick]`): effect-nbd's file driver against
+ * nbdkit's file plugin serving the same image file, on tmpfs (/dev/shm) and on the disk
+ * holding the repository. Each server in turn, on each file system: fio 1 MiB sequential
+ * read and write at QD8 and 4 KiB random read and write at QD32, nbdcopy of random data
+ * into the export and out of it (4 connections), and the time of a sparse copy (nbdcopy
+ * to a new local file) of a large image holding little data, which only a server that
+ * reports holes copies quickly. Reports go to bench/results/files.md (files-quick.md).
+ */
+import { execFileSync } from "node:child_process"
+import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, rmSync, statSync, truncateSync, writeSync } from "node:fs"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { randomBytes } from "node:crypto"
+import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
+import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
+import { failure, hasExited, isShuttingDown, runToCompletion, spawnTracked, stop } from "./proc.ts"
+
+const MiB = 2 ** 20
+const GiB = 2 ** 30
+
+/** Sizes of one mode. */
+export interface FileMode {
+  readonly name: "full" | "quick"
+  /** Size of the image the fio runs and copies use. */
+  readonly bytes: number
+  readonly timing: FioTiming
+  /** The sparse image: its size and how much of it holds data. */
+  readonly sparseBytes: number
+  readonly sparseData: number
+}
+
+export const FILE_MODES: Record<FileMode["name"], FileMode> = {
+  full: { name: "full", bytes: GiB, timing: { runtimeSeconds: 10, rampSeconds: 1 }, sparseBytes: 10 * GiB, sparseData: 100 * MiB },
+  quick: { name: "quick", bytes: 128 * MiB, timing: { runtimeSeconds: 2, rampSeconds: 0 }, sparseBytes: GiB, sparseData: 10 * MiB }
+}
+
+type ServerName = "effect-nbd file" | "nbdkit file"
+const SERVER_NAMES: ReadonlyArray<ServerName> = ["effect-nbd file", "nbdkit file"]
+
+interface Place {
+  readonly name: string
+  readonly dir: string
+}
+
+const FIO_IDS = ["seq-read-1m-qd8", "seq-write-1m-qd8", "rand-read-4k-qd32", "rand-write-4k-qd32"] as const
+const COPY_IN: CopyRun = { id: "copy-in-4", direction: "file-to-export", connections: 4 }
+const COPY_OUT: CopyRun = { id: "copy-out-4", direction: "export-to-null", connections: 4 }
+
+interface Running {
+  readonly uri: string
+  readonly alive: () => boolean
+  readonly log: () => string
+  readonly stop: () => Promise<void>
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
+    })
+  })
+
+/** Starts a server on `image` and waits (at most 30 s) until `ready` gives its URI. */
+const startServer = async (name: ServerName, image: string, repoRoot: string): Promise<Running> => {
+  const port = await freePort()
+  const pidFile = path.join(os.tmpdir(), `effect-nbd-bench-files-${process.pid}.pid`)
+  rmSync(pidFile, { force: true })
+  const child = name === "effect-nbd file"
+    ? spawnTracked(process.execPath, ["--import", "tsx", "src/cli/main.ts", "file", image, "--host", "127.0.0.1", "--port", String(port)], repoRoot)
+    : spawnTracked("nbdkit", ["--foreground", "--exit-with-parent", "-P", pidFile, "-p", String(port), "-i", "127.0.0.1", "file", image])
+  let output = ""
+  child.stdout?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk))
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk))
+  const ready = () => (name === "nbdkit file" ? existsSync(pidFile) : output.includes("effect-nbd: serving file export"))
+  const started = Date.now()
+  while (!ready()) {
+    if (hasExited(child) || Date.now() - started > 30_000) {
+      await stop(child)
+      throw new Error(`${name} did not start: ${output.trim().split("\n").slice(-3).join(" | ")}`)
+    }
+    await sleep(50)
+  }
+  rmSync(pidFile, { force: true })
+  return { uri: `nbd://127.0.0.1:${port}/`, alive: () => !hasExited(child), log: () => output, stop: () => stop(child) }
+}
+
+/** A sparse image of `size` bytes with `data` bytes of random data in 1 MiB pieces spread evenly. */
+const makeSparseImage = (file: string, size: number, data: number): void => {
+  const fd = openSync(file, "w")
+  try {
+    truncateSync(file, size)
+    const pieces = Math.max(1, Math.floor(data / MiB))
+    const stride = Math.floor(size / pieces / MiB) * MiB
+    for (let i = 0; i < pieces; i++) writeSync(fd, randomBytes(MiB), 0, MiB, i * stride)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+/** One measured value or why there is none. */
+type Cell = { readonly value: number } | { readonly error: string }
+
+interface Row {
+  readonly label: string
+  readonly decimals: number
+  readonly lowerIsBetter: boolean
+  readonly cells: Map<ServerName, Cell>
+}
+
+const fioLabel: Record<(typeof FIO_IDS)[number], string> = {
+  "seq-read-1m-qd8": "seq read 1 MiB QD8 (MiB/s)",
+  "seq-write-1m-qd8": "seq write 1 MiB QD8 (MiB/s)",
+  "rand-read-4k-qd32": "rand read 4 KiB QD32 (IOPS)",
+  "rand-write-4k-qd32": "rand write 4 KiB QD32 (IOPS)"
+}
+
+/** Measures one server on one place, filling `rows`. */
+const measure = async (
+  name: ServerName,
+  place: Place,
+  mode: FileMode,
+  files: { readonly image: string; readonly random: string; readonly sparse: string },
+  repoRoot: string,
+  rawDir: string,
+  row: (label: string, decimals: number, lowerIsBetter: boolean) => Row,
+  failures: Array<string>,
+  progress: (line: string) => void
+): Promise<void> => {
+  const put = (r: Row, cell: Cell) => {
+    r.cells.set(name, cell)
+    if ("error" in cell) failures.push(`${place.name}, ${name}, ${r.label}: ${cell.error}`)
+  }
+  const server = await startServer(name, files.image, repoRoot)
+  try {
+    for (const id of FIO_IDS) {
+      if (!server.alive() || isShuttingDown()) break
+      const workload = WORKLOADS.find((w) => w.id === id)!
+      const raw = path.join(rawDir, `files-${place.name}-${name.replace(/ /g, "-")}-${id}.json`)
+      const result = await runFio(workload, server.uri, mode.bytes, mode.timing, raw)
+      const r = row(`${place.name}: ${fioLabel[id]}`, id.startsWith("rand") ? 0 : 1, false)
+      if (result.ok) put(r, { value: id.startsWith("rand") ? result.value.iops : result.value.mibPerSec })
+      else put(r, { error: result.error })
+      progress(`   ${name} ${place.name} fio ${id}: ${result.ok ? (id.startsWith("rand") ? `${result.value.iops.toFixed(0)} IOPS` : `${result.value.mibPerSec.toFixed(1)} MiB/s`) : result.error}`)
+    }
+    for (const copy of [COPY_IN, COPY_OUT]) {
+      if (!server.alive() || isShuttingDown()) break
+      const result = await runCopy(copy, server.uri, files.random, mode.bytes)
+      const label = `${place.name}: nbdcopy ${mode.bytes / MiB} MiB ${copy === COPY_IN ? "in (file → export)" : "out (export → null:)"}, 4 conn (MiB/s)`
+      put(row(label, 1, false), result.ok ? { value: result.value.mibPerSec } : { error: result.error })
+      progress(`   ${name} ${place.name} nbdcopy ${copy.id}: ${result.ok ? `${result.value.mibPerSec.toFixed(1)} MiB/s` : result.error}`)
+    }
+  } finally {
+    await server.stop()
+  }
+  // The sparse copy: a server of its own on the sparse image, copied into a new local file.
+  const sparseServer = await startServer(name, files.sparse, repoRoot)
+  const target = path.join(place.dir, "sparse-copy.img")
+  try {
+    rmSync(target, { force: true })
+    const result = await runToCompletion("nbdcopy", [sparseServer.uri, target], 600_000)
+    const failed = failure("nbdcopy", result)
+    const label = `${place.name}: sparse copy of ${mode.sparseBytes / GiB} GiB holding ${mode.sparseData / MiB} MiB to a new file (s)`
+    put(row(label, 2, true), failed === undefined ? { value: result.seconds } : { error: failed })
+    const used = existsSync(target) ? statSync(target).blocks * 512 : 0
+    progress(`   ${name} ${place.name} sparse copy: ${failed ?? `${result.seconds.toFixed(2)} s, copy occupies ${(used / MiB).toFixed(0)} MiB`}`)
+  } finally {
+    await sparseServer.stop()
+    rmSync(target, { force: true })
+  }
+}
+
+const ratioText = (r: Row): string => {
+  const ours = r.cells.get("effect-nbd file")
+  const theirs = r.cells.get("nbdkit file")
+  if (ours === undefined || theirs === undefined || "error" in ours || "error" in theirs || theirs.value === 0) return "—"
+  const ratio = r.lowerIsBetter ? theirs.value / ours.value : ours.value / theirs.value
+  return `${ratio.toFixed(2)}×`
+}
+
+const cellText = (cell: Cell | undefined, decimals: number) =>
+  cell === undefined ? "—" : "error" in cell ? "failed" : cell.value.toFixed(decimals)
+
+/** Runs the file workloads; returns the report (markdown) and what failed. */
+export const runFileWorkloads = async (options: {
+  readonly mode: FileMode
+  readonly repoRoot: string
+  readonly rawDir: string
+  readonly progress: (line: string) => void
+}): Promise<{ readonly report: string; readonly failures: ReadonlyArray<string> }> => {
+  const { mode, progress, repoRoot } = options
+  const started = process.hrtime.bigint()
+  const places: Array<Place> = []
+  const made: Array<string> = []
+  const cleanup = () => made.forEach((dir) => rmSync(dir, { recursive: true, force: true }))
+  process.on("exit", cleanup)
+  if (existsSync("/dev/shm")) places.push({ name: "tmpfs", dir: mkdtempSync("/dev/shm/effect-nbd-bench-files-") })
+  places.push({ name: "disk", dir: mkdtempSync(path.join(repoRoot, "bench", ".files-")) })
+  made.push(...places.map((p) => p.dir))
+  const rows: Array<Row> = []
+  const row = (label: string, decimals: number, lowerIsBetter: boolean): Row => {
+    const found = rows.find((r) => r.label === label)
+    if (found !== undefined) return found
+    const fresh: Row = { label, decimals, lowerIsBetter, cells: new Map() }
+    rows.push(fresh)
+    return fresh
+  }
+  const failures: Array<string> = []
+  const fsTypes: Array<string> = []
+  try {
+    for (const place of places) {
+      const type = execFileSync("df", ["-T", place.dir], { encoding: "utf8" }).split("\n")[1]?.split(/\s+/)[1] ?? "?"
+      fsTypes.push(`${place.name} = ${type} (${place.dir.replace(/-[^-/]*$/, "-*")})`)
+      progress(`\n== files on ${place.name} (${type})`)
+      const random = path.join(place.dir, "random.bin")
+      await createRandomFile(random, mode.bytes)
+      const image = path.join(place.dir, "image.img")
+      const sparse = path.join(place.dir, "sparse.img")
+      makeSparseImage(sparse, mode.sparseBytes, mode.sparseData)
+      for (const name of SERVER_NAMES) {
+        if (isShuttingDown()) break
+        copyFileSync(random, image) // every server starts from the same bytes
+        try {
+          await measure(name, place, mode, { image, random, sparse }, repoRoot, options.rawDir, row, failures, progress)
+        } catch (error) {
+          failures.push(`${place.name}, ${name}: ${error instanceof Error ? error.message : String(error)}`)
+        }
+      }
+      rmSync(image, { force: true })
+    }
+  } finally {
+    cleanup()
+  }
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9
+  const table = [
+    `| workload | ${SERVER_NAMES.join(" | ")} | effect-nbd / nbdkit |`,
+    `|---|${SERVER_NAMES.map(() => "---:").join("|")}|---:|`,
+    ...rows.map((r) => `| ${r.label} | ${SERVER_NAMES.map((n) => cellText(r.cells.get(n), r.decimals)).join(" | ")} | ${ratioText(r)} |`)
+  ]
+  const report = [
+    `## File driver: effect-nbd file against nbdkit file (${mode.name})`,
+    "",
+    `- image ${mode.bytes / MiB} MiB of random data served by each server in turn from the same file system: ${fsTypes.join(", ")}`,
+    `- fio nbd ioengine, 1 job, ${mode.timing.runtimeSeconds} s per workload; nbdcopy --connections=4 --threads=4, out with --no-extents`,
+    `- sparse copy: \`nbdcopy URI new-file\` of a ${mode.sparseBytes / GiB} GiB image holding ${mode.sparseData / MiB} MiB in 1 MiB pieces`,
+    `- total time: ${seconds.toFixed(1)} s`,
+    "",
+    ...table,
+    "",
+    "Ratios above 1 favour effect-nbd (for the copy time, nbdkit's time over effect-nbd's). The machine may be shared: figures are noisy.",
+    ...(failures.length > 0 ? ["", "### Failures", "", ...failures.map((f) => `- ${f}`)] : []),
+    ""
+  ].join("\n")
+  return { report, failures }
+}
