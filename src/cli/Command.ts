@@ -16,13 +16,20 @@ import * as Option from "effect/Option"
 import * as Catalog from "../Catalog.ts"
 import * as Driver from "../Driver.ts"
 import * as Export from "../Export.ts"
+import * as LogFormat from "../observability/LogFormat.ts"
 import type { DriverPlugin } from "../Plugin.ts"
 import { DEFAULT_PORT } from "../protocol/Constants.ts"
 import * as Server from "../server/Server.ts"
 import * as ServerConfig from "../server/ServerConfig.ts"
 import { parseSize } from "../Size.ts"
 import * as Tls from "../server/Tls.ts"
+import * as Captive from "./Captive.ts"
 import { type ExportSpec, parseExportSpec } from "./ExportSpec.ts"
+import * as ListenPlan from "./ListenPlan.ts"
+import * as ParentWatch from "./ParentWatch.ts"
+import * as PidFile from "./PidFile.ts"
+import * as ObservabilityOptions from "./ObservabilityOptions.ts"
+import * as ServiceOptions from "./ServiceOptions.ts"
 
 const port = Options.integer("port").pipe(
   Options.withAlias("p"),
@@ -36,7 +43,7 @@ const host = Options.text("host").pipe(
 const socket = Options.text("unix").pipe(
   Options.withAlias("U"),
   Options.optional,
-  Options.withDescription("Listen on this Unix socket path instead of TCP")
+  Options.withDescription("Listen on this Unix socket path instead of TCP; - for a private socket in a new temporary directory")
 )
 const exportName = Options.text("export-name").pipe(
   Options.withAlias("e"),
@@ -104,9 +111,11 @@ const listenOptions = {
   handshakeTimeout,
   idleTimeout,
   maxConnections,
-  maxRequest
+  maxRequest,
+  ...ServiceOptions.options,
+  ...ObservabilityOptions.options
 }
-type Listen = {
+type Listen = ServiceOptions.ServiceOptions & ObservabilityOptions.ObservabilityOptions & {
   readonly handshakeTimeout: number
   readonly idleTimeout: number
   readonly maxConnections: number
@@ -175,42 +184,50 @@ interface Served {
   readonly readOnly: boolean
 }
 
-/** Serves exports until interrupted, printing their URIs. */
+/**
+ * Serves exports until interrupted, printing their URIs; with `--run`, until the command
+ * exits, whose status becomes the process's exit code.
+ */
 const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
   const exports = served.map((s) => s.export)
-  const listen: Server.ListenOptions = Option.match(options.socket, {
-    onNone: () => ({ host: options.host, port: options.port }),
-    onSome: (path) => ({ path })
-  })
   return Effect.gen(function*() {
     const tls = yield* tlsConfig(options)
     const config = yield* serverConfig(options, tls)
-    if (Option.isNone(options.socket) && tls === undefined && !isLoopback(options.host)) {
+    const plan = yield* ListenPlan.resolve(options)
+    if (!plan.activated && Option.isNone(options.socket) && tls === undefined && !isLoopback(options.host)) {
       yield* Effect.logWarning(
         `listening on ${options.host} without TLS: any host that can reach it can read and write the exports (--tls require)`
       )
     }
-    return yield* Effect.gen(function*() {
+    if (options.exitWithParent) yield* ParentWatch.exitWithParent
+    const status = yield* Effect.gen(function*() {
       const server = yield* Server.NbdServer
+      if (Option.isSome(options.pidFile)) yield* PidFile.write(options.pidFile.value)
+      const tlsRequired = tls?.mode === "require"
       for (const { driver, export: exp, readOnly } of served) {
-        yield* Console.log(
-          `effect-nbd: serving ${driver} export${readOnly ? " (read-only)" : ""} at ` +
-            Server.uri(server.address, exp.name, { tls: tls?.mode === "require" })
-        )
+        for (const address of server.addresses) {
+          const line = `effect-nbd: serving ${driver} export${readOnly ? " (read-only)" : ""} at ` +
+            Server.uri(address, exp.name, { tls: tlsRequired })
+          // In captive mode standard output belongs to the command.
+          yield* Option.isSome(options.run) ? Effect.logDebug(line) : Console.log(line)
+        }
       }
-      return yield* Effect.never
+      if (Option.isNone(options.run)) return yield* Effect.never
+      return yield* Captive.run(options.run.value, Captive.environment(server.address, exports[0]!.name, { tls: tlsRequired }))
     }).pipe(
-      Effect.provide(Server.layer(listen, config).pipe(Layer.provide(Export.ExportRegistry.layer(exports)))),
-      Effect.catchTag("SocketServerError", (e) =>
-        usageError(
-          `cannot listen on ${"path" in listen ? listen.path : `${listen.host}:${listen.port}`}: ` +
-            (e.cause instanceof Error ? e.cause.message : String(e.cause))
-        ))
+      Effect.provide(
+        ObservabilityOptions.withExporter(options, Server.layer(plan.listen, config)).pipe(
+          Layer.provide(Export.ExportRegistry.layer(exports))
+        )
+      ),
+      Effect.catchTag("ListenError", (e) => usageError(e.message))
     )
+    // The server has stopped; the process exits with the command's status.
+    process.exitCode = status
   }).pipe(
     Logger.withMinimumLogLevel(options.verbose ? LogLevel.Debug : LogLevel.Info),
-    // Logs go to standard error; standard output carries only the URIs served.
-    Effect.provide(Logger.replace(Logger.defaultLogger, Logger.prettyLogger({ stderr: true })))
+    // Logs go to standard error (as --log-format says); standard output carries only the URIs served.
+    Effect.provide(ObservabilityOptions.layer(options))
   )
 }
 
@@ -228,16 +245,29 @@ const orUsage = <A>(either: Either.Either<A, { readonly message: string }>) =>
 /** A failure while building a driver or filter, as a one-line usage error. */
 const buildError = (e: unknown) => new Error(typeof e === "object" && e !== null && "message" in e ? String(e.message) : String(e))
 
-/** Builds an export's driver and filters (as a `serve` spec names them) in the scope of the command. */
+/**
+ * Builds an export's driver and filters (as a `serve` spec names them) in the scope of the
+ * command; a driver serving several exports (`dir`) gives one per name, each with its own
+ * filters, named `NAME/FILE` (or `FILE` when the spec's name is empty).
+ */
 const buildExport = (request: ExportSpec) =>
   Effect.gen(function*() {
     const plugin = yield* orUsage(Catalog.driver(request.driver))
-    const makeDriver = yield* orUsage(plugin.make(request.argument, request.parameters, { readOnly: request.readOnly }))
+    const options = { readOnly: request.readOnly }
     const filters = yield* Effect.forEach(request.filters, (spec) => orUsage(Catalog.filter(spec)))
-    const driver = yield* Effect.mapError(makeDriver, buildError)
-    const stacked = yield* Effect.mapError(Driver.stack(driver, filters), buildError)
-    const exp = Export.make(stacked, { name: request.name, description: request.description, readOnly: request.readOnly })
-    return { export: exp, driver: plugin.name, readOnly: request.readOnly }
+    const named = plugin.exports === undefined
+      ? yield* Effect.map(orUsage(plugin.make(request.argument, request.parameters, options)), (make) =>
+        Effect.map(make, (driver) => [{ name: request.name, driver }]))
+      : yield* Effect.map(orUsage(plugin.exports(request.argument, request.parameters, options)), (make) =>
+        Effect.map(make, (all) =>
+          all.map(({ driver, name }) => ({ name: request.name === "" ? name : `${request.name}/${name}`, driver }))))
+    const drivers = yield* Effect.mapError(named, buildError)
+    return yield* Effect.forEach(drivers, ({ driver, name }) =>
+      Effect.map(Effect.mapError(Driver.stack(driver, filters), buildError), (stacked) => ({
+        export: Export.make(stacked, { name, description: request.description, readOnly: request.readOnly }),
+        driver: plugin.name,
+        readOnly: request.readOnly
+      })))
   })
 
 /** Key=value arguments after a driver's main argument. */
@@ -277,8 +307,8 @@ const driverCommand = (plugin: DriverPlugin) =>
           filters: options.filters,
           readOnly: options.readOnly,
           description: Option.getOrUndefined(options.description)
-        })
-        return yield* serveExports(options, [served])
+        }).pipe(Effect.provide(LogFormat.layer(options.logFormat))) // drivers log to standard error too
+        return yield* serveExports(options, served)
       }))
   ).pipe(Command.withDescription(`Serve ${plugin.summary}`))
 
@@ -303,8 +333,10 @@ const serve = Command.make(
       const names = new Set(specs.map((spec) => spec.name))
       if (names.size !== specs.length) return yield* usageError("two exports have the same name")
       const served = yield* Effect.forEach(specs, (spec) =>
-        buildExport({ ...spec, filters: [...options.filters, ...spec.filters] }))
-      return yield* serveExports(options, served)
+        buildExport({ ...spec, filters: [...options.filters, ...spec.filters] })).pipe(
+          Effect.provide(LogFormat.layer(options.logFormat)) // drivers log to standard error too
+        )
+      return yield* serveExports(options, served.flat())
     }))
 ).pipe(Command.withDescription("Serve several exports, each a driver with its own filters, from one server"))
 

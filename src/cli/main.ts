@@ -5,6 +5,7 @@
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Runtime from "@effect/platform/Runtime"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import { run } from "./Command.ts"
@@ -14,5 +15,11 @@ run(process.argv).pipe(
   // parsing (not instances of Error) were already printed by @effect/cli.
   Effect.tapError((error) => error instanceof Error ? Console.error(`effect-nbd: ${error.message}`) : Effect.void),
   Effect.provide(NodeContext.layer),
-  NodeRuntime.runMain({ disableErrorReporting: true, disablePrettyLogger: true })
+  NodeRuntime.runMain({
+    disableErrorReporting: true,
+    disablePrettyLogger: true,
+    // A command that ends on its own may have set its exit status (`--run` passes on the command's).
+    teardown: (exit, onExit) =>
+      Runtime.defaultTeardown(exit, (code) => onExit(code !== 0 ? code : Number(process.exitCode ?? 0)))
+  })
 )

@@ -3,6 +3,10 @@
  * command, one completion per outcome, shared by the synchronous fast path (READ and
  * WRITE on handles with `sync`, answered without a fiber) and the Effect path.
  *
+ * Bytes and errors are counted in the export's metrics. With tracing on, every request
+ * takes the Effect path inside an `nbd.request` span (export, command, offset, length,
+ * and the errno of a failure); with it off, no span is made.
+ *
  * @since 0.2.0
  */
 import * as Effect from "effect/Effect"
@@ -11,7 +15,8 @@ import { type ProtocolError, protocolError } from "../Errors.ts"
 import { Command, CommandFlags, commandName, Errno } from "../protocol/Constants.ts"
 import type { Encoder } from "../protocol/Replies.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
-import * as Metrics from "./Metrics.ts"
+import { REQUEST_SPAN } from "../observability/Tracing.ts"
+import type { ExportMetrics } from "./Metrics.ts"
 import type { Request } from "./Request.ts"
 import { checkBounds } from "./RequestCheck.ts"
 
@@ -25,6 +30,10 @@ export interface ExecutionContext {
   readonly metaContexts: ReadonlyArray<SelectedContext>
   /** Runs a short effect (a log line) from synchronous code. */
   readonly log: (effect: Effect.Effect<void>) => void
+  /** Where bytes and errors are counted. */
+  readonly metrics: ExportMetrics
+  /** Whether each request is a span (the synchronous path is then not taken). */
+  readonly tracing: boolean
 }
 
 /** A selected meta context and where its extents come from. */
@@ -40,8 +49,8 @@ export interface Execution {
    * that runs and answers it (it never fails).
    */
   readonly run: (req: Request, payload: ReadonlyArray<Uint8Array>) => Effect.Effect<void> | undefined
-  /** Answers a request with an error. */
-  readonly fail: (req: Request, error: ProtocolError) => void
+  /** Answers a request that failed its checks with an error (in a span when tracing). */
+  readonly reject: (req: Request, error: ProtocolError) => void
 }
 
 /** Largest extent of a BLOCK_STATUS chunk, aligned to 512 bytes: 32-bit, or 64-bit with extended headers. */
@@ -69,13 +78,13 @@ export const fitExtents = (extents: ReadonlyArray<Extent>, req: Request, maxExte
 
 /** Execution of requests on one session's handle. */
 export const make = (ctx: ExecutionContext): Execution => {
-  const { encoder, handle, writer } = ctx
+  const { encoder, handle, metrics, writer } = ctx
   const caps = handle.capabilities
   const maxExtent = ctx.extended ? MAX_EXTENT_EXT : MAX_EXTENT
 
   // ---- completions, shared by both paths ----------------------------------------------
   const fail = (req: Request, error: ProtocolError) => {
-    Metrics.countError(error.errno)
+    metrics.error(req.type, error.errno)
     const at = error.offset
     const inRange = at !== undefined && at >= req.offset && at < req.offset + req.length && req.type !== Command.RESIZE
     writer.write(encoder.error(req, Errno[error.errno], error.message, inRange ? at : undefined))
@@ -84,11 +93,11 @@ export const make = (ctx: ExecutionContext): Execution => {
   const readDone = (req: Request, pieces: ReadonlyArray<Uint8Array | number>) => {
     const length = pieces.reduce<number>((n, piece) => n + (typeof piece === "number" ? piece : piece.length), 0)
     if (length !== req.length) return fail(req, protocolError("EIO", `driver returned ${length} bytes for a read of ${req.length}`))
-    Metrics.bytesRead.unsafeUpdate(req.length, [])
+    metrics.read(req.length)
     writer.write(encoder.read(req, req.length, pieces, (req.flags & CommandFlags.DF) !== 0))
   }
   const written = (req: Request) => {
-    Metrics.bytesWritten.unsafeUpdate(req.length, [])
+    metrics.written(req.length)
     ok(req)
   }
   const statusDone = (req: Request, answers: ReadonlyArray<ReadonlyArray<Extent>>) => {
@@ -102,7 +111,7 @@ export const make = (ctx: ExecutionContext): Execution => {
   }
 
   // ---- the synchronous path -----------------------------------------------------------
-  const sync = handle.sync
+  const sync = ctx.tracing ? undefined : handle.sync
   /** READ and WRITE on a handle with synchronous operations (FUA only when native). */
   const runSync = (req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
     if (sync === undefined || (req.type !== Command.READ && req.type !== Command.WRITE)) return false
@@ -169,23 +178,44 @@ export const make = (ctx: ExecutionContext): Execution => {
     }
   }
 
-  const runEffect = (req: Request, payload: ReadonlyArray<Uint8Array>): Effect.Effect<void> =>
+  const execute = (req: Request, payload: ReadonlyArray<Uint8Array>): Effect.Effect<void, ProtocolError> =>
     handle.size.pipe(
       Effect.flatMap((size) => {
         const outOfBounds = checkBounds(req, size)
         return outOfBounds === undefined ? dispatch(req, payload) : Effect.fail(outOfBounds)
       }),
-      Effect.catchAllDefect((cause) => Effect.sync(() => defect(req, cause))),
-      Effect.catchAll((error) =>
-        Effect.zipRight(
-          Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
-          Effect.sync(() => fail(req, error))
-        )
+      Effect.catchAllDefect((cause) =>
+        Effect.zipRight(Effect.logError(`driver defect in ${commandName(req.type)}`, cause), Effect.fail(driverDefect))
       )
     )
+  /** The request's span, failed with its errno when the request failed. */
+  const traced = (req: Request, effect: Effect.Effect<void, ProtocolError>): Effect.Effect<void, ProtocolError> =>
+    effect.pipe(
+      Effect.tapError((error) => Effect.annotateCurrentSpan("nbd.errno", error.errno)),
+      Effect.withSpan(REQUEST_SPAN, {
+        kind: "server",
+        captureStackTrace: false,
+        attributes: {
+          "nbd.export": metrics.name,
+          "nbd.command": commandName(req.type),
+          "nbd.offset": req.offset,
+          "nbd.length": req.length
+        }
+      })
+    )
+  const answered = (req: Request, effect: Effect.Effect<void, ProtocolError>): Effect.Effect<void> =>
+    Effect.catchAll(ctx.tracing ? traced(req, effect) : effect, (error) =>
+      Effect.zipRight(
+        Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
+        Effect.sync(() => fail(req, error))
+      ))
 
   return {
-    run: (req, payload) => (runSync(req, payload) ? undefined : runEffect(req, payload)),
-    fail
+    run: (req, payload) => (runSync(req, payload) ? undefined : answered(req, execute(req, payload))),
+    reject: (req, error) => {
+      ctx.log(Effect.logDebug(`${commandName(req.type)} rejected: ${error.errno}: ${error.message}`))
+      if (ctx.tracing) ctx.log(Effect.ignore(traced(req, Effect.fail(error))))
+      fail(req, error)
+    }
   }
 }

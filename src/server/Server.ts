@@ -1,6 +1,6 @@
 /**
- * The NBD server: a scoped layer listening on TCP or a Unix socket, serving every
- * connection as a supervised fiber of `SocketServer.run`.
+ * The NBD server: a scoped layer listening on TCP, a Unix socket or sockets inherited from a
+ * service manager, serving every connection as a supervised fiber of `SocketServer.run`.
  *
  * Closing the layer's scope (interrupting the program, SIGINT/SIGTERM under
  * `NodeRuntime.runMain`) answers new requests and options with ESHUTDOWN / ERR_SHUTDOWN,
@@ -10,7 +10,6 @@
  * @since 0.1.0
  */
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
@@ -20,22 +19,32 @@ import * as Option from "effect/Option"
 import type { Socket } from "node:net"
 import type { Transport } from "../Driver.ts"
 import type { ExportRegistry } from "../Export.ts"
+import * as Listener from "./Listener.ts"
 import * as Metrics from "./Metrics.ts"
 import * as ServerConfig from "./ServerConfig.ts"
 import * as Session from "./Session.ts"
 import * as Shutdown from "./Shutdown.ts"
 
-/** Where a server listens. */
-export type ListenOptions =
-  | { readonly host?: string | undefined; readonly port: number }
-  | { readonly path: string }
+/** Where a server listens: TCP host and port, a Unix socket path, or an inherited listening socket `{ fd }`. */
+export type ListenOptions = Listener.ListenOptions
+
+/** A failure to listen, naming the reason (`AddressInUse`, ...) and the system's error code. */
+export { ListenError } from "./Listener.ts"
+/** Why listening failed. */
+export type { ListenErrorReason } from "./Listener.ts"
 
 /** A running NBD server. */
 export class NbdServer extends Context.Tag("effect-nbd/NbdServer")<NbdServer, {
-  /** The address it listens on (the real port when port 0 was asked). */
+  /** The address it listens on (the real port when port 0 was asked); the first one when it listens on several. */
   readonly address: SocketServer.Address
+  /** Every address it listens on (several when a service manager passed several sockets). */
+  readonly addresses: ReadonlyArray<SocketServer.Address>
+  /** The TCP port of `address` (the real one when port 0 was asked); undefined on a Unix socket. */
+  readonly port: number | undefined
   /** Connections accepted since start. */
   readonly connections: Effect.Effect<number>
+  /** This server's metrics (its own registry: servers in one process share none). */
+  readonly metrics: Metrics.ServerMetrics
   /** Begins a graceful shutdown without waiting for it (closing the layer's scope does both). */
   readonly shutdown: Effect.Effect<void>
 }>() {}
@@ -43,6 +52,8 @@ export class NbdServer extends Context.Tag("effect-nbd/NbdServer")<NbdServer, {
 /** Counters and the shutdown signal shared by a server's sessions. */
 export interface ServerState {
   readonly shutdown: Shutdown.Shutdown
+  /** The server's metrics. */
+  readonly metrics: Metrics.ServerMetrics
   /** Connections accepted since start. */
   connections: number
   /** Sessions running now. */
@@ -61,6 +72,7 @@ const REFUSAL_LOG_INTERVAL = 10_000
 /** A fresh state. */
 export const makeState: Effect.Effect<ServerState> = Effect.zipWith(Shutdown.make, Effect.makeLatch(false), (shutdown, drained) => ({
   shutdown,
+  metrics: Metrics.make(),
   connections: 0,
   active: 0,
   drained,
@@ -102,8 +114,7 @@ export const serve = (
         if (state.active >= config.maxConnections) return refuse(raw.value, config, state)
         const connectionId = ++state.connections
         state.active++
-        Metrics.connections.unsafeUpdate(1, [])
-        Metrics.activeSessions.unsafeUpdate(state.active, [])
+        state.metrics.connectionAccepted(state.active)
         raw.value.setNoDelay(true)
         const transport = transportOf(raw.value, server.address)
         return Effect.zipRight(
@@ -111,11 +122,11 @@ export const serve = (
             Effect.annotateLogs({ connection: connectionId })
           ),
           // The session annotates its own logs with the connection id.
-          Session.run(raw.value, { config, connectionId, shutdown: state.shutdown, transport })
+          Session.run(raw.value, { config, connectionId, shutdown: state.shutdown, transport, metrics: state.metrics })
         ).pipe(
           Effect.ensuring(Effect.sync(() => {
             state.active--
-            Metrics.activeSessions.unsafeUpdate(state.active, [])
+            state.metrics.connectionClosed(state.active)
             if (state.active === 0 && state.shutdown.isShuttingDown()) state.drained.unsafeOpen()
           }))
         )
@@ -142,34 +153,47 @@ const drain = (config: ServerConfig.ServerConfig, state: ServerState) =>
   })
 
 
-/** A layer running an NBD server for the exports in context, listening where told. */
+/**
+ * A layer running an NBD server for the exports in context, listening where told: on one
+ * address, or on several at once (the sockets a service manager passed) with one set of
+ * sessions, limits and shutdown. Fails with `ListenError` when it cannot listen.
+ */
 export const layer = (
-  listen: ListenOptions,
+  listen: ListenOptions | ReadonlyArray<ListenOptions>,
   options: Partial<ServerConfig.ServerConfig> = {}
-): Layer.Layer<NbdServer, SocketServer.SocketServerError, ExportRegistry> =>
+): Layer.Layer<NbdServer, Listener.ListenError, ExportRegistry> =>
   Layer.scoped(
     NbdServer,
     Effect.gen(function*() {
       const config = ServerConfig.make(options)
-      const socketServer = yield* SocketServer.SocketServer
+      const listens: ReadonlyArray<ListenOptions> = isListenOptions(listen) ? [listen] : listen
+      if (listens.length === 0) return yield* Effect.dieMessage("NbdServer.layer: nowhere to listen")
+      const socketServers = yield* Effect.forEach(listens, Listener.make)
       const state = yield* makeState
-      // Finalizers run last-added first: drain sessions (each flushes its handle), then stop the server.
-      yield* serve(config, state).pipe(
-        Effect.tapErrorCause((cause) => Effect.logError("NBD server failed", cause)),
-        Effect.forkScoped
-      )
+      // Finalizers run last-added first: drain sessions (each flushes its handle), then stop serving and listening.
+      for (const socketServer of socketServers) {
+        yield* serve(config, state).pipe(
+          Effect.provideService(SocketServer.SocketServer, socketServer),
+          Effect.tapErrorCause((cause) => Effect.logError("NBD server failed", cause)),
+          Effect.forkScoped
+        )
+      }
       yield* Effect.addFinalizer(() => drain(config, state))
+      const addresses = socketServers.map((s) => s.address)
+      const address = addresses[0]!
       return NbdServer.of({
-        address: socketServer.address,
+        address,
+        addresses,
+        port: address._tag === "TcpAddress" ? address.port : undefined,
         connections: Effect.sync(() => state.connections),
+        metrics: state.metrics,
         shutdown: state.shutdown.trigger
       })
     })
-  ).pipe(
-    Layer.provide(
-      NodeSocketServer.layer("path" in listen ? { path: listen.path } : { host: listen.host ?? "127.0.0.1", port: listen.port })
-    )
   )
+
+const isListenOptions = (listen: ListenOptions | ReadonlyArray<ListenOptions>): listen is ListenOptions =>
+  !Array.isArray(listen)
 
 /** Percent-encodes for a URI path or query value, keeping `/` readable. */
 const encodePath = (text: string): string => encodeURIComponent(text).replace(/%2F/g, "/")

@@ -4,6 +4,11 @@
  * A session never fails: a peer that disconnects, breaks the protocol or trips a defect
  * is logged with the connection id and ends this session only.
  *
+ * Every log line of a session carries the annotations `connection` (its id), `remote`
+ * (the client's address, when it has one) and, once one is selected, `export`. With
+ * tracing on ({@link RequestTracing}), the session is an `nbd.session` span, parent of
+ * its requests' spans.
+ *
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
@@ -13,6 +18,8 @@ import * as Option from "effect/Option"
 import type { Duplex } from "node:stream"
 import type * as tls from "node:tls"
 import type { TlsIdentity, Transport } from "../Driver.ts"
+import { RequestTracing, SESSION_SPAN } from "../observability/Tracing.ts"
+import { CurrentMetrics, type ServerMetrics } from "./Metrics.ts"
 import type { ExportRegistry } from "../Export.ts"
 import * as FrameReader from "../stream/FrameReader.ts"
 import * as Negotiation from "./Negotiation.ts"
@@ -32,6 +39,20 @@ export interface SessionOptions {
   readonly shutdown: Shutdown
   /** How the client is connected (in process when absent). */
   readonly transport?: Transport | undefined
+  /** Where the session's requests are counted (the {@link CurrentMetrics} in context when absent). */
+  readonly metrics?: ServerMetrics | undefined
+}
+
+/** The client's address as logs and spans show it (none in process). */
+export const remoteAddress = (transport: Transport | undefined): string | undefined => {
+  switch (transport?._tag) {
+    case "Tcp":
+      return transport.address.includes(":") ? `[${transport.address}]:${transport.port}` : `${transport.address}:${transport.port}`
+    case "Unix":
+      return `unix:${transport.path}`
+    default:
+      return undefined
+  }
 }
 
 /** The identity a TLS client proved: its certificate's subject, or its PSK user. */
@@ -45,6 +66,18 @@ export const tlsIdentity = (socket: tls.TLSSocket): TlsIdentity => {
 
 /** Serves one client over a byte stream (a socket, a TLS socket, or an in-process pipe). */
 export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void, never, ExportRegistry> =>
+  Effect.flatMap(RequestTracing, (tracing) => {
+    const remote = remoteAddress(options.transport)
+    const annotations = remote === undefined ? { connection: options.connectionId } : { connection: options.connectionId, remote }
+    const session = Effect.annotateLogs(serveSession(stream, options, tracing.enabled), annotations)
+    if (!tracing.enabled) return session
+    const attributes = remote === undefined
+      ? { "nbd.connection": options.connectionId }
+      : { "nbd.connection": options.connectionId, "nbd.remote": remote }
+    return Effect.withSpan(session, SESSION_SPAN, { kind: "server", captureStackTrace: false, attributes })
+  })
+
+const serveSession = (stream: Duplex, options: SessionOptions, tracing: boolean): Effect.Effect<void, never, ExportRegistry> =>
   Effect.scoped(
     Effect.gen(function*() {
       const { config, shutdown } = options
@@ -95,11 +128,14 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
       }
       const { negotiated } = outcome
       const exp = negotiated.export
+      yield* Effect.annotateLogsScoped({ export: exp.name })
       yield* Effect.logDebug(
         `client selected export '${exp.name}' (${negotiated.size} bytes, ` +
           `${negotiated.structuredReplies ? "structured" : "simple"} replies)`
       )
-      yield* Transmission.serve({ reader: outcome.reader, writer: outcome.writer, config, negotiated, shutdown })
+      const metrics = (options.metrics ?? (yield* CurrentMetrics)).forExport(exp.name)
+      if (tracing) yield* Effect.annotateCurrentSpan("nbd.export", exp.name)
+      yield* Transmission.serve({ reader: outcome.reader, writer: outcome.writer, config, negotiated, shutdown, metrics, tracing })
       yield* Effect.logDebug("client disconnected")
     })
   ).pipe(
@@ -113,6 +149,5 @@ export const run = (stream: Duplex, options: SessionOptions): Effect.Effect<void
     }),
     Effect.catchAllCause((cause) =>
       Cause.isInterruptedOnly(cause) ? Effect.void : Effect.logError("session ended by a defect", cause)
-    ),
-    Effect.annotateLogs({ connection: options.connectionId })
+    )
   )

@@ -16,6 +16,10 @@
  * before the driver), {@link Execution} (driver calls and replies); this module is the
  * pipeline that drives them.
  *
+ * Every request is counted in the export's metrics as it is parsed; executed ones are
+ * timed (from reading the request to queueing its reply) and, while they suspend, counted
+ * in flight.
+ *
  * @since 0.1.0
  */
 import * as Clock from "effect/Clock"
@@ -23,13 +27,13 @@ import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as FiberSet from "effect/FiberSet"
 import * as Runtime from "effect/Runtime"
-import { type ProtocolError, ProtocolViolation } from "../Errors.ts"
-import { BASE_ALLOCATION, commandName } from "../protocol/Constants.ts"
+import { ProtocolViolation } from "../Errors.ts"
+import { BASE_ALLOCATION } from "../protocol/Constants.ts"
 import * as Replies from "../protocol/Replies.ts"
 import { ConnectionClosed, type FrameReader } from "../stream/FrameReader.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
 import * as Execution from "./Execution.ts"
-import * as Metrics from "./Metrics.ts"
+import type { ExportMetrics } from "./Metrics.ts"
 import type { Negotiated } from "./Negotiation.ts"
 import type { Request } from "./Request.ts"
 import * as RequestCheck from "./RequestCheck.ts"
@@ -46,6 +50,10 @@ export interface TransmissionContext {
   readonly negotiated: Negotiated
   /** Once triggered, new requests get ESHUTDOWN and the session ends when in-flight requests are done. */
   readonly shutdown: Shutdown
+  /** The metrics of the session's export. */
+  readonly metrics: ExportMetrics
+  /** Whether each request is a span (see {@link Execution}). */
+  readonly tracing: boolean
 }
 
 type Ending = Effect.Effect<void, ConnectionClosed | ProtocolViolation | SessionTimeout>
@@ -72,7 +80,9 @@ export const serve = (
       writer,
       extended,
       metaContexts: selectedContexts(negotiated),
-      log: (effect) => void runFork(effect)
+      log: (effect) => void runFork(effect),
+      metrics: ctx.metrics,
+      tracing: ctx.tracing
     })
     const parser = RequestParser.make({
       extended,
@@ -179,7 +189,7 @@ const makePipeline = (
   fibers: Fibers,
   resume: (ending: Ending) => void
 ): Pipeline => {
-  const { config, reader, writer } = ctx
+  const { config, metrics, reader, writer } = ctx
   const { runFork, runRequest } = fibers
   let inFlight = 0
   let activity = 0
@@ -220,7 +230,9 @@ const makePipeline = (
     startTimer()
     finishIfDrained()
   }
-  const completed = (bytes: number) => {
+  const completed = (req: Request, bytes: number, startedAt: number) => {
+    metrics.latency(req.type, (performance.now() - startedAt) / 1000)
+    metrics.inFlight(-1)
     inFlight--
     activity++
     payloadBytes -= bytes
@@ -233,17 +245,24 @@ const makePipeline = (
     finishIfDrained()
   }
 
+  /**
+   * The clock of latencies, read once per request: when `pump` starts, then after each
+   * request started or answered, which is also when the next one's parsing starts.
+   */
+  let clock = 0
   const start = (req: Request, payload: ReadonlyArray<Uint8Array>) => {
+    const startedAt = clock
     const effect = execution.run(req, payload)
-    if (effect === undefined) return
+    if (effect === undefined) {
+      clock = performance.now()
+      return metrics.latency(req.type, (clock - startedAt) / 1000)
+    }
     const bytes = payload.reduce((n, piece) => n + piece.length, 0)
     inFlight++
+    metrics.inFlight(1)
     payloadBytes += bytes
-    runRequest(Effect.ensuring(effect, Effect.sync(() => completed(bytes))))
-  }
-  const reject = (req: Request, error: ProtocolError) => {
-    runFork(Effect.logDebug(`${commandName(req.type)} rejected: ${error.errno}: ${error.message}`))
-    execution.fail(req, error)
+    runRequest(Effect.ensuring(effect, Effect.sync(() => completed(req, bytes, startedAt))))
+    clock = performance.now()
   }
 
   /** Waits for `n` more bytes, or ends the session if the stream is closed. */
@@ -264,6 +283,7 @@ const makePipeline = (
   const pump = (): void => {
     if (pumping || ending !== undefined) return
     pumping = true
+    clock = performance.now()
     try {
       while (ending === undefined) {
         if (!hasCapacity()) {
@@ -279,13 +299,13 @@ const makePipeline = (
             continue
           case "Run":
             activity++
-            Metrics.countRequest(step.req.type)
+            metrics.request(step.req.type)
             start(step.req, step.payload)
             continue
           case "Reject":
             activity++
-            Metrics.countRequest(step.req.type)
-            reject(step.req, step.error)
+            metrics.request(step.req.type)
+            execution.reject(step.req, step.error)
             continue
           case "Disconnect":
             return end(Effect.void)

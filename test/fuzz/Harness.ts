@@ -23,7 +23,6 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as Metric from "effect/Metric"
 import * as Scope from "effect/Scope"
 import { createHash } from "node:crypto"
 import * as net from "node:net"
@@ -467,10 +466,16 @@ export interface TcpServer {
   readonly stores: Stores
   /** Connections accepted so far. */
   readonly connections: () => number
+  /** Sessions open now. */
+  readonly active: () => number
   readonly stop: () => Promise<void>
 }
 
-const activeSessions = (): number => Effect.runSync(Metric.value(Metrics.activeSessions)).value
+/** Sessions open on a server, as its gauge says. */
+const activeSessions = (metrics: Metrics.ServerMetrics): number => {
+  const state = Metrics.find(Effect.runSync(metrics.snapshot), "nbd_sessions_active")
+  return state !== undefined && "value" in state ? Number(state.value) : 0
+}
 
 /** Starts the server layer (`ro` the default export) with a log that records. */
 export const startTcpServer = async (
@@ -497,6 +502,7 @@ export const startTcpServer = async (
     logs,
     stores,
     connections: () => Effect.runSync(server.connections),
+    active: () => activeSessions(server.metrics),
     stop: () => Effect.runPromise(Scope.close(scope, Exit.void))
   }
 }
@@ -529,7 +535,7 @@ export const runBytesTcp = async (
   const findings: Array<Finding> = []
   // Sessions of earlier cases must be gone (they are judged by their own case); then the
   // writable stores start afresh, as in process.
-  await pollWithin(hangMillis, () => activeSessions() === 0)
+  await pollWithin(hangMillis, () => server.active() === 0)
   resetStores(server.stores)
   const expected = server.connections() + 1
   const socket = net.connect(server.port, "127.0.0.1")
@@ -577,13 +583,13 @@ export const runBytesTcp = async (
   if (delivery.ending === "end") socket.end()
   else if (delivery.ending === "reset") socket.resetAndDestroy()
   else socket.destroy()
-  const gone = await pollWithin(hangMillis, () => activeSessions() === 0 && (delivery.ending !== "end" || closed))
+  const gone = await pollWithin(hangMillis, () => server.active() === 0 && (delivery.ending !== "end" || closed))
   if (!gone) {
     findings.push({
       kind: "hang",
       detail: `TCP session still open ${Math.round(performance.now() - endedAt)} ms after the client ` +
         `${delivery.ending === "end" ? "sent FIN" : delivery.ending === "reset" ? "reset the connection" : "closed"} ` +
-        `(${activeSessions()} session(s) active, socket ${closed ? "closed" : "open"}; sent ${sent} of ${bytes.length} bytes, received ${received})`
+        `(${server.active()} session(s) active, socket ${closed ? "closed" : "open"}; sent ${sent} of ${bytes.length} bytes, received ${received})`
     })
   }
   socket.destroy()
@@ -606,7 +612,7 @@ export const runBytesTcp = async (
  * Resolves to a problem, or undefined when all is well.
  */
 export const checkWithFreshClient = async (fixture: Fixture, server: TcpServer): Promise<string | undefined> => {
-  await pollWithin(5000, () => activeSessions() === 0)
+  await pollWithin(5000, () => server.active() === 0)
   resetStores(server.stores)
   const withClient = <A>(exportName: string, f: (client: Client.NbdClient) => Effect.Effect<A, unknown>) =>
     Effect.runPromise(
