@@ -12,6 +12,8 @@ import * as MemoryDriver from "./drivers/Memory.ts"
 import * as NbdDriver from "./drivers/Nbd.ts"
 import * as NullDriver from "./drivers/Null.ts"
 import * as PatternDriver from "./drivers/Pattern.ts"
+import * as S3Driver from "./drivers/S3.ts"
+import * as S3BucketDriver from "./drivers/S3Bucket.ts"
 import * as BlockSize from "./filters/BlockSize.ts"
 import * as Cache from "./filters/Cache.ts"
 import * as Cow from "./filters/Cow.ts"
@@ -36,7 +38,9 @@ export const drivers: ReadonlyArray<DriverPlugin> = [
   DirDriver.plugin,
   NullDriver.plugin,
   PatternDriver.plugin,
-  NbdDriver.plugin
+  NbdDriver.plugin,
+  S3Driver.plugin,
+  S3BucketDriver.plugin
 ]
 
 /** The filters, by name. */
