@@ -9,19 +9,12 @@
  * checksums), path-style addressing when asked (Ceph, MinIO), credentials, region and
  * endpoint from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
  * `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, profiles) unless given.
+ * The SDK is loaded on a store's first request: it takes a few hundred milliseconds to
+ * load, which a process serving other drivers should not pay at start.
  *
  * @since 0.2.0
  */
-import {
-  CreateBucketCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadBucketCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-  type S3ClientConfig
-} from "@aws-sdk/client-s3"
+import type { S3Client, S3ClientConfig } from "@aws-sdk/client-s3"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
@@ -128,6 +121,19 @@ const reasonOf = (name: string, status: number | undefined, conditional: boolean
 /** Unquoted ETag (Ceph's radosgw compares `If-Match` with the bare value). */
 export const bareEtag = (etag: string | undefined): string => (etag ?? "").replaceAll("\"", "")
 
+/** The AWS SDK's S3 module. */
+type Sdk = typeof import("@aws-sdk/client-s3")
+
+let sdkLoading: Promise<Sdk> | undefined
+/** Loads the SDK once, on first use. */
+const loadSdk = (): Promise<Sdk> => (sdkLoading ??= import("@aws-sdk/client-s3"))
+
+/** The SDK and a store's client, once loaded. */
+interface Loaded {
+  readonly sdk: Sdk
+  readonly client: S3Client
+}
+
 /** Makes the store of one bucket. */
 export const make = (options: S3StoreOptions): S3Store => {
   const config: S3ClientConfig = {
@@ -138,11 +144,13 @@ export const make = (options: S3StoreOptions): S3Store => {
     ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
     ...(options.maxSockets === undefined ? {} : { requestHandler: { httpAgent: { maxSockets: options.maxSockets } } })
   }
-  const client = options.client ?? new S3Client(config)
+  let loading: Promise<Loaded> | undefined
+  const loaded = () =>
+    (loading ??= loadSdk().then((sdk) => ({ sdk, client: options.client ?? new sdk.S3Client(config) })))
   const bucket = options.bucket
-  const call = <A>(operation: string, send: (signal: AbortSignal) => Promise<A>, conditional = false) =>
+  const call = <A>(operation: string, send: (loaded: Loaded, signal: AbortSignal) => Promise<A>, conditional = false) =>
     Effect.tryPromise({
-      try: send,
+      try: async (signal) => send(await loaded(), signal),
       catch: (error) => {
         const { name, status, text } = describe(error)
         return new S3Failure({ reason: reasonOf(name, status, conditional), operation, message: text, status })
@@ -152,8 +160,8 @@ export const make = (options: S3StoreOptions): S3Store => {
   return {
     bucket,
     get: (key) =>
-      call(`GET ${where(key)}`, async (abortSignal) => {
-        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal })
+      call(`GET ${where(key)}`, async ({ client, sdk }, abortSignal) => {
+        const out = await client.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal })
         const data = out.Body === undefined ? new Uint8Array(0) : await out.Body.transformToByteArray()
         return { data, etag: bareEtag(out.ETag) }
       }).pipe(
@@ -161,9 +169,9 @@ export const make = (options: S3StoreOptions): S3Store => {
         Effect.catchIf((e) => e.reason === "NotFound", () => Effect.succeed(Option.none()))
       ),
     getRange: (key, start, length) =>
-      call(`GET ${where(key)} bytes ${start}+${length}`, async (abortSignal) => {
+      call(`GET ${where(key)} bytes ${start}+${length}`, async ({ client, sdk }, abortSignal) => {
         const Range = `bytes=${start}-${start + length - 1}`
-        const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key, Range }), { abortSignal })
+        const out = await client.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key, Range }), { abortSignal })
         return out.Body === undefined ? new Uint8Array(0) : await out.Body.transformToByteArray()
       }).pipe(
         Effect.map(Option.some),
@@ -173,9 +181,9 @@ export const make = (options: S3StoreOptions): S3Store => {
     put: (key, data, condition) =>
       call(
         `PUT ${where(key)}`,
-        async (abortSignal) => {
+        async ({ client, sdk }, abortSignal) => {
           const out = await client.send(
-            new PutObjectCommand({
+            new sdk.PutObjectCommand({
               Bucket: bucket,
               Key: key,
               Body: data,
@@ -196,15 +204,15 @@ export const make = (options: S3StoreOptions): S3Store => {
         Effect.mapError((e) => condition?._tag === "Matches" && e.reason === "NotFound" ? new S3Failure({ ...e, reason: "Conflict" }) : e)
       ),
     delete: (key) =>
-      call(`DELETE ${where(key)}`, (abortSignal) =>
-        client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }), { abortSignal })).pipe(
+      call(`DELETE ${where(key)}`, ({ client, sdk }, abortSignal) =>
+        client.send(new sdk.DeleteObjectCommand({ Bucket: bucket, Key: key }), { abortSignal })).pipe(
           Effect.asVoid,
           Effect.catchIf((e) => e.reason === "NotFound" && e.message.startsWith("NoSuchKey"), () => Effect.void)
         ),
     list: (prefix, startAfter, max) =>
-      call(`LIST ${where(prefix)}`, async (abortSignal) => {
+      call(`LIST ${where(prefix)}`, async ({ client, sdk }, abortSignal) => {
         const out = await client.send(
-          new ListObjectsV2Command({
+          new sdk.ListObjectsV2Command({
             Bucket: bucket,
             Prefix: prefix,
             MaxKeys: max,
@@ -215,13 +223,13 @@ export const make = (options: S3StoreOptions): S3Store => {
         return (out.Contents ?? []).map((o) => ({ key: o.Key ?? "", size: o.Size ?? 0 }))
       }),
     listLevel: (prefix) =>
-      call(`LIST ${where(prefix)}`, async (abortSignal) => {
+      call(`LIST ${where(prefix)}`, async ({ client, sdk }, abortSignal) => {
         const keys: Array<string> = []
         const prefixes: Array<string> = []
         let token: string | undefined
         do {
           const out = await client.send(
-            new ListObjectsV2Command({
+            new sdk.ListObjectsV2Command({
               Bucket: bucket,
               Prefix: prefix,
               Delimiter: "/",
@@ -235,13 +243,13 @@ export const make = (options: S3StoreOptions): S3Store => {
         } while (token !== undefined)
         return { keys, prefixes }
       }),
-    bucketExists: call(`HEAD ${bucket}`, (abortSignal) =>
-      client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal })).pipe(
+    bucketExists: call(`HEAD ${bucket}`, ({ client, sdk }, abortSignal) =>
+      client.send(new sdk.HeadBucketCommand({ Bucket: bucket }), { abortSignal })).pipe(
         Effect.as(true),
         Effect.catchIf((e) => e.reason === "NotFound", () => Effect.succeed(false))
       ),
-    createBucket: call(`CREATE ${bucket}`, (abortSignal) =>
-      client.send(new CreateBucketCommand({ Bucket: bucket }), { abortSignal })).pipe(
+    createBucket: call(`CREATE ${bucket}`, ({ client, sdk }, abortSignal) =>
+      client.send(new sdk.CreateBucketCommand({ Bucket: bucket }), { abortSignal })).pipe(
         Effect.asVoid,
         Effect.catchIf((e) => e.message.startsWith("BucketAlreadyOwnedByYou"), () => Effect.void)
       )
