@@ -1,6 +1,4 @@
 #!/usr/bin/env node
-// Runs the TypeScript entry point directly (no build step).
-import { register } from "tsx/esm/api"
-
-register()
-await import("../src/cli/main.ts")
+// The effect-nbd command: the compiled entry point in dist/ (built by `npm run build`,
+// which `npm install` runs in a clone; a packed or installed package ships dist/ built).
+import "../dist/cli/main.js"
