@@ -6,7 +6,7 @@
  * server. First, the harness is shown to catch what it looks for, on planted faults.
  */
 import * as Effect from "effect/Effect"
-import * as Metric from "effect/Metric"
+import * as Metrics from "../../src/server/Metrics.ts"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import * as Driver from "../../src/Driver.ts"
 import * as MemoryDriver from "../../src/drivers/Memory.ts"
@@ -23,9 +23,9 @@ import { formatReport, generate, makeRunner, type Runner } from "./Runner.ts"
 const SEED = 20261123
 const MiB = 1024 * 1024
 
-/** Requests counted by the server (every command tag of `nbd_requests_total`). */
+/** Requests counted by sessions run in process (every command tag of `nbd_requests_total`). */
 const requestsHandled = (): number =>
-  Effect.runSync(Metric.snapshot)
+  Effect.runSync(Effect.flatMap(Metrics.CurrentMetrics, (metrics) => metrics.snapshot))
     .filter((pair) => pair.metricKey.name === "nbd_requests_total")
     .reduce((n, pair) => n + ((pair.metricState as { readonly count?: number }).count ?? 0), 0)
 
