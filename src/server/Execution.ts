@@ -34,6 +34,8 @@ export interface ExecutionContext {
   readonly metrics: ExportMetrics
   /** Whether each request is a span (the synchronous path is then not taken). */
   readonly tracing: boolean
+  /** Whether payload pieces are borrowed (valid only while `run` runs): the effect path then copies them. */
+  readonly borrowedPayload?: boolean | undefined
 }
 
 /** A selected meta context and where its extents come from. */
@@ -61,6 +63,10 @@ const MAX_EXTENT_EXT = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % 512)
 const driverDefect = protocolError("EIO", "internal error in the driver")
 
 const fuaOf = (req: Request) => (req.flags & CommandFlags.FUA) !== 0
+
+/** A borrowed payload as one buffer of its own. */
+const owned = (payload: ReadonlyArray<Uint8Array>): ReadonlyArray<Uint8Array> =>
+  payload.length === 1 && payload[0]!.length === 0 ? payload : [Buffer.concat(payload)]
 
 /** Clips extents to the request and to the largest extent length; REQ_ONE keeps the first only. */
 export const fitExtents = (extents: ReadonlyArray<Extent>, req: Request, maxExtent: number): Array<Extent> => {
@@ -211,7 +217,8 @@ export const make = (ctx: ExecutionContext): Execution => {
       ))
 
   return {
-    run: (req, payload) => (runSync(req, payload) ? undefined : answered(req, execute(req, payload))),
+    run: (req, payload) =>
+      runSync(req, payload) ? undefined : answered(req, execute(req, ctx.borrowedPayload === true ? owned(payload) : payload)),
     reject: (req, error) => {
       ctx.log(Effect.logDebug(`${commandName(req.type)} rejected: ${error.errno}: ${error.message}`))
       if (ctx.tracing) ctx.log(Effect.ignore(traced(req, Effect.fail(error))))

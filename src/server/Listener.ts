@@ -23,6 +23,7 @@ import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as Net from "node:net"
 import * as path from "node:path"
+import * as OwnedReceive from "../stream/OwnedReceive.ts"
 
 /**
  * Where a server listens: a TCP host and port (0 picks a free port), a Unix socket path,
@@ -201,6 +202,29 @@ const listenOn = (server: Net.Server, listen: ListenOptions) =>
   })
 
 /**
+ * How a listener receives: with `ownedReceiveBuffer` (bytes), each accepted connection is
+ * accepted paused and adopted by {@link OwnedReceive} to read into a buffer of that size;
+ * a connection that cannot be adopted keeps Node.js's default receive path.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ListenerOptions {
+  readonly ownedReceiveBuffer?: number | undefined
+}
+
+/** The connection to serve: adopted into an owned receive buffer when asked and possible. */
+const receiving = (conn: Net.Socket, bufferSize: number | undefined): Net.Socket => {
+  if (bufferSize === undefined) return conn
+  const adopted = OwnedReceive.adopt(conn, bufferSize)
+  if (adopted !== undefined) return adopted
+  // Accepted paused: the default path needs the stream flowing once its reader attaches.
+  ;(conn as unknown as { _readableState: { flowing: boolean | null } })._readableState.flowing = null
+  conn.read(0)
+  return conn
+}
+
+/**
  * Listens where told, in the current scope (closing it stops listening and waits for the
  * accepted connections to close). Connections that arrive before `run` wait for it.
  *
@@ -208,13 +232,16 @@ const listenOn = (server: Net.Server, listen: ListenOptions) =>
  * @category constructors
  */
 export const make = (
-  listen: ListenOptions
+  listen: ListenOptions,
+  options: ListenerOptions = {}
 ): Effect.Effect<SocketServer.SocketServer["Type"], ListenError, Scope.Scope> =>
   Effect.gen(function*() {
     const failed = yield* Deferred.make<never, Error>()
     const waiting: Array<Net.Socket> = []
     let onConnection: (conn: Net.Socket) => void = (conn) => void waiting.push(conn)
-    const server = Net.createServer((conn) => {
+    const owned = options.ownedReceiveBuffer
+    const server = Net.createServer({ pauseOnConnect: owned !== undefined }, (accepted) => {
+      const conn = receiving(accepted, owned)
       // A connection may fail before its handler listens; the handler then finds it closed.
       conn.on("error", () => {})
       onConnection(conn)

@@ -168,7 +168,8 @@ export const layer = (
       const config = ServerConfig.make(options)
       const listens: ReadonlyArray<ListenOptions> = isListenOptions(listen) ? [listen] : listen
       if (listens.length === 0) return yield* Effect.dieMessage("NbdServer.layer: nowhere to listen")
-      const socketServers = yield* Effect.forEach(listens, Listener.make)
+      const owned = config.receiveBuffer === "owned" && config.tls === undefined ? config.receiveBufferSize : undefined
+      const socketServers = yield* Effect.forEach(listens, (listen) => Listener.make(listen, { ownedReceiveBuffer: owned }))
       const state = yield* makeState
       // Finalizers run last-added first: drain sessions (each flushes its handle), then stop serving and listening.
       for (const socketServer of socketServers) {

@@ -41,6 +41,14 @@ export interface ServerConfig {
   readonly maxConnections: number
   /** Largest READ or WRITE payload of any export (its own block-size maximum may be lower). */
   readonly maxRequest: number
+  /**
+   * How accepted connections receive bytes: `"stream"`, Node.js's default (a new buffer per
+   * read); `"owned"`, into one reused buffer of `receiveBufferSize` bytes per connection
+   * (see `OwnedReceive`). A server with TLS always uses `"stream"`.
+   */
+  readonly receiveBuffer: "owned" | "stream"
+  /** Size of a connection's receive buffer in `"owned"` mode, in bytes. */
+  readonly receiveBufferSize: number
 }
 
 /** The defaults. */
@@ -59,7 +67,9 @@ export const defaults: ServerConfig = {
   handshakeTimeoutMillis: 10_000,
   idleTimeoutMillis: 0,
   maxConnections: 100,
-  maxRequest: 64 * 1024 * 1024
+  maxRequest: 64 * 1024 * 1024,
+  receiveBuffer: "stream",
+  receiveBufferSize: 1024 * 1024
 }
 
 /** The defaults with some values replaced. */

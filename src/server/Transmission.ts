@@ -82,7 +82,8 @@ export const serve = (
       metaContexts: selectedContexts(negotiated),
       log: (effect) => void runFork(effect),
       metrics: ctx.metrics,
-      tracing: ctx.tracing
+      tracing: ctx.tracing,
+      borrowedPayload: ctx.reader.borrowed
     })
     const parser = RequestParser.make({
       extended,

@@ -6,12 +6,19 @@
  * bytes wait unread, the stream is paused until the reader catches up, so a client
  * that floods the connection cannot grow the buffer without bound.
  *
+ * Over a socket adopted by {@link OwnedReceive} the bytes arrive in a buffer that the next
+ * read reuses: the reader hands them on while they are valid and copies only what stays
+ * unread, into one buffer per awaited frame (a write payload arrives whole in it), reused
+ * for the next frame once consumed. `read` and `tryRead` then return copies, and the
+ * pieces of `tryReadChunks` are borrowed ({@link FrameReader.borrowed}).
+ *
  * @since 0.1.0
  */
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import type { Duplex } from "node:stream"
+import * as OwnedReceive from "./OwnedReceive.ts"
 
 /** Why a stream stopped delivering bytes. */
 export type CloseReason =
@@ -54,7 +61,10 @@ export interface FrameReader {
   readonly tryRead: (n: number) => Uint8Array | undefined
   /** Drops up to `n` buffered bytes without copying them; returns how many were dropped. */
   readonly discard: (n: number) => number
-  /** {@link tryRead} as the received pieces (views, never copied). */
+  /**
+   * {@link tryRead} as the received pieces (views, never copied). When {@link borrowed},
+   * they are valid only until control returns to the event loop: a consumer copies what it keeps.
+   */
   readonly tryReadChunks: (n: number) => ReadonlyArray<Uint8Array> | undefined
   /** Declares that the consumer cannot progress before `n` bytes are buffered (keeps the stream flowing). */
   readonly want: (n: number) => void
@@ -64,6 +74,8 @@ export interface FrameReader {
   readonly closedReason: () => Closed | undefined
   /** Stops listening to the stream (before handing it over, as for STARTTLS). */
   readonly detach: () => void
+  /** Whether the pieces of `tryReadChunks` are views of a buffer that later reads reuse. */
+  readonly borrowed: boolean
 }
 
 /** Options of {@link make}. */
@@ -71,6 +83,9 @@ export interface FrameReaderOptions {
   /** Pause the stream while more than this many bytes wait unread. */
   readonly highWaterMark?: number | undefined
 }
+
+/** The buffer frames are copied into, kept for the next frame; larger frames get their own. */
+const SPARE_MAX = 4 * 1024 * 1024
 
 const SKIP_CHUNK = 1024 * 1024
 const EMPTY = new Uint8Array(0)
@@ -116,10 +131,13 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     }
   }
 
-  /** The next `n` buffered bytes: a view when they lie in one chunk, else a copy. */
+  const source = OwnedReceive.sourceOf(stream)
+  const borrowed = source !== undefined
+
+  /** The next `n` buffered bytes: a view when they lie in one chunk (never when borrowed), else a copy. */
   const take = (n: number): Uint8Array => {
     if (n === 0) return EMPTY
-    if (chunks[0]!.length - head >= n) {
+    if (!borrowed && chunks[0]!.length - head >= n) {
       let view: Uint8Array = EMPTY
       consume(n, (piece) => (view = piece))
       return view
@@ -174,7 +192,78 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
   const onStreamClose = onClose("closed")
   const onError = (error: Error) => onClose("error", error.message)()
 
-  stream.on("data", onData)
+  // ---- an owned receive buffer: keep only what stays unread, copied -----------------------
+  /** The buffer unread bytes are being copied into (its view is the last chunk while it has unread bytes). */
+  let frame: Buffer | undefined
+  let frameFill = 0
+  let spare: Buffer | undefined
+
+  const frameIsLast = (): boolean => {
+    const last = chunks[chunks.length - 1]
+    return frame !== undefined && last !== undefined && last.buffer === frame.buffer && last.byteOffset === frame.byteOffset
+  }
+  /** A buffer for at least `size` bytes: the spare one when free and large enough. */
+  const newFrame = (size: number): Buffer => {
+    const spareFree = spare !== undefined && !chunks.some((chunk) => chunk.buffer === spare!.buffer)
+    if (spareFree && spare!.length >= size) return spare!.subarray(0, size)
+    if (size > SPARE_MAX) return Buffer.allocUnsafeSlow(size)
+    if (spare === undefined || (spareFree && spare.length < size)) {
+      spare = Buffer.allocUnsafeSlow(Math.max(size, 64 * 1024))
+      return spare.subarray(0, size)
+    }
+    return Buffer.allocUnsafe(size)
+  }
+  /** Copies bytes that stay unread into the current frame, or a new one sized for what the consumer waits for. */
+  const keep = (bytes: Uint8Array): void => {
+    if (bytes.length === 0) return
+    if (!frameIsLast() || frameFill + bytes.length > frame!.length) {
+      frame = newFrame(Math.max(bytes.length, Math.max(wanted, waiter?.n ?? 0) - total))
+      frameFill = 0
+      chunks.push(frame.subarray(0, 0))
+    }
+    frame!.set(bytes, frameFill)
+    frameFill += bytes.length
+    chunks[chunks.length - 1] = frame!.subarray(0, frameFill)
+    total += bytes.length
+  }
+  /** The bytes of one read: into the frame being filled, the rest handed on as a view, then the unread part kept. */
+  const onOwned = (bytes: Buffer): boolean => {
+    if (closed !== undefined) return true
+    let rest = bytes
+    if (frameIsLast() && frameFill < frame!.length) {
+      const n = Math.min(frame!.length - frameFill, rest.length)
+      keep(rest.subarray(0, n))
+      rest = rest.subarray(n)
+    }
+    const transient = rest
+    if (transient.length > 0) {
+      chunks.push(transient)
+      total += transient.length
+    }
+    if (waiter !== undefined && total >= waiter.n) {
+      const w = waiter
+      waiter = undefined
+      w.resume(Effect.succeed(take(w.n)))
+    }
+    notify()
+    // What of this read is still unread must be copied before the buffer is reused.
+    const last = chunks[chunks.length - 1]
+    if (transient.length > 0 && last !== undefined && last.buffer === transient.buffer && last.byteOffset >= transient.byteOffset) {
+      const unread = chunks.length === 1 ? last.subarray(head) : last
+      chunks.pop()
+      if (chunks.length === 0) head = 0
+      total -= unread.length
+      keep(unread)
+    }
+    pauseIfFull()
+    return true
+  }
+
+  if (source !== undefined) {
+    source.setSink(onOwned)
+  } else {
+    stream.on("data", onData)
+  }
   stream.on("end", onEnd)
   stream.on("close", onStreamClose)
   stream.on("error", onError)
@@ -248,11 +337,24 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
 
   const detach = () => {
     listeners.clear()
+    source?.setSink(undefined)
     stream.off("data", onData)
     stream.off("end", onEnd)
     stream.off("close", onStreamClose)
     stream.off("error", onError)
   }
 
-  return { read, skip, buffered: () => total, tryRead, tryReadChunks, discard, want, onReadable, closedReason: () => closed, detach }
+  return {
+    read,
+    skip,
+    buffered: () => total,
+    tryRead,
+    tryReadChunks,
+    discard,
+    want,
+    onReadable,
+    closedReason: () => closed,
+    detach,
+    borrowed
+  }
 }

@@ -1,0 +1,122 @@
+/**
+ * Receiving a connection's bytes into one buffer the server owns and reuses, instead of
+ * the fresh 64 KiB buffer Node.js allocates for every read.
+ *
+ * Node.js reads into a caller's buffer when a socket is created with the `onread` option,
+ * but its socket server offers no such option for accepted connections. An accepted
+ * connection is therefore taken over: the server accepts it paused (`pauseOnConnect`),
+ * and {@link adopt} moves its handle (`socket._handle`, not public API) into a new socket
+ * created with `onread`. That access lives in this module only; when a Node.js release
+ * changes the shape it relies on, {@link adopt} reports it and the connection keeps the
+ * default receive path.
+ *
+ * The bytes handed to a {@link Sink} are a view of the reused buffer: they are valid only
+ * until the sink returns, and a sink copies what it keeps.
+ *
+ * @since 0.2.0
+ */
+import * as Net from "node:net"
+import type { Duplex } from "node:stream"
+
+/**
+ * Takes the bytes of one read (valid until it returns); returning `false` stops reading
+ * until the socket is resumed.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Sink = (bytes: Buffer) => boolean
+
+/**
+ * The receive side of an adopted socket: where its bytes go.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface OwnedSource {
+  /** Sends the bytes of the next reads to `sink`; without one, bytes wait (copied) and reading stops. */
+  readonly setSink: (sink: Sink | undefined) => void
+}
+
+/** The internal shape of an accepted socket this module relies on. */
+interface StreamHandle {
+  readonly readStart: () => number
+  readonly readStop: () => number
+  readonly useUserBuffer: (buffer: Uint8Array) => void
+}
+
+/** Internal fields of `net.Socket` this module reads or moves. */
+interface SocketInternals {
+  _handle: unknown
+  _server: Net.Server | null
+  server: Net.Server | null
+}
+
+const sources = new WeakMap<Duplex, OwnedSource>()
+
+/**
+ * The owned receive side of `stream`, if it was made by {@link adopt}.
+ *
+ * @since 0.2.0
+ * @category accessors
+ */
+export const sourceOf = (stream: Duplex): OwnedSource | undefined => sources.get(stream)
+
+/**
+ * Whether an accepted socket has the handle {@link adopt} needs (false when a Node.js
+ * release changed it).
+ *
+ * @since 0.2.0
+ * @category predicates
+ */
+export const canAdopt = (socket: Net.Socket): boolean => {
+  const handle = (socket as unknown as SocketInternals)._handle as Partial<StreamHandle> | null | undefined
+  return typeof handle === "object" && handle !== null && typeof handle.readStart === "function" &&
+    typeof handle.readStop === "function" && typeof handle.useUserBuffer === "function"
+}
+
+/**
+ * Moves a connection accepted paused into a socket that receives into a buffer of
+ * `bufferSize` bytes owned by the connection; `undefined` (the connection untouched)
+ * when the handle is not what this module expects.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const adopt = (accepted: Net.Socket, bufferSize: number): Net.Socket | undefined => {
+  if (!canAdopt(accepted)) return undefined
+  const old = accepted as unknown as SocketInternals
+  const buffer = Buffer.allocUnsafeSlow(bufferSize)
+  let sink: Sink | undefined
+  const waiting: Array<Buffer> = []
+  const socket = new Net.Socket({
+    handle: old._handle,
+    readable: true,
+    writable: true,
+    allowHalfOpen: accepted.allowHalfOpen,
+    onread: {
+      buffer,
+      callback: (n: number, buf: Uint8Array) => {
+        const bytes = (buf as Buffer).subarray(0, n)
+        if (sink !== undefined) return sink(bytes)
+        waiting.push(Buffer.from(bytes))
+        return false
+      }
+    }
+  } as Net.SocketConstructorOpts & { handle: unknown })
+  // The server counts its connections through the socket that closes: the new one now.
+  const adopted = socket as unknown as SocketInternals
+  adopted._server = old._server
+  adopted.server = old.server
+  old._server = null
+  old._handle = null
+  sources.set(socket, {
+    setSink: (next) => {
+      sink = next
+      if (next === undefined) return
+      for (const bytes of waiting.splice(0)) next(bytes)
+      socket.resume()
+    }
+  })
+  return socket
+}
