@@ -42,9 +42,10 @@ export interface ServerConfig {
   /** Largest READ or WRITE payload of any export (its own block-size maximum may be lower). */
   readonly maxRequest: number
   /**
-   * How accepted connections receive bytes: `"stream"`, Node.js's default (a new buffer per
-   * read); `"owned"`, into one reused buffer of `receiveBufferSize` bytes per connection
-   * (see `OwnedReceive`). A server with TLS always uses `"stream"`.
+   * How accepted connections receive bytes: `"owned"` (the default), into one reused buffer
+   * of `receiveBufferSize` bytes per connection (see `OwnedReceive`; 1 MiB writes several
+   * times faster, without the garbage a new buffer per read makes); `"stream"`, Node.js's
+   * default path (a new buffer per read). A server with TLS always uses `"stream"`.
    */
   readonly receiveBuffer: "owned" | "stream"
   /** Size of a connection's receive buffer in `"owned"` mode, in bytes. */
@@ -68,7 +69,7 @@ export const defaults: ServerConfig = {
   idleTimeoutMillis: 0,
   maxConnections: 100,
   maxRequest: 64 * 1024 * 1024,
-  receiveBuffer: "stream",
+  receiveBuffer: "owned",
   receiveBufferSize: 1024 * 1024
 }
 
