@@ -227,14 +227,19 @@ export class ObjectCache {
     })
   }
 
+  /** The entry of an object if it is cached (marked recently used), once any fetch of it completed. */
+  private cached(index: number): Effect.Effect<Entry, S3Failure> | undefined {
+    const entry = this.entries.get(index)
+    if (entry === undefined) return undefined
+    this.touch(entry)
+    return entry.loading === undefined ? Effect.succeed(entry) : Effect.as(Deferred.await(entry.loading), entry)
+  }
+
   /** The cached entry of an object, fetching the whole object if it is not cached. */
   private load(index: number): Effect.Effect<Entry, S3Failure> {
     return Effect.suspend(() => {
-      const cached = this.entries.get(index)
-      if (cached !== undefined) {
-        this.touch(cached)
-        return cached.loading === undefined ? Effect.succeed(cached) : Effect.as(Deferred.await(cached.loading), cached)
-      }
+      const cached = this.cached(index)
+      if (cached !== undefined) return cached
       return Effect.zipRight(
         this.makeRoom(this.lengthOf(index)),
         Effect.suspend(() => this.entries.has(index) ? this.load(index) : this.fetch(index))
@@ -274,11 +279,8 @@ export class ObjectCache {
   /** The entry of an object about to be replaced whole (not fetched). */
   private claim(index: number): Effect.Effect<Entry, S3Failure> {
     return Effect.suspend(() => {
-      const cached = this.entries.get(index)
-      if (cached !== undefined) {
-        this.touch(cached)
-        return cached.loading === undefined ? Effect.succeed(cached) : Effect.as(Deferred.await(cached.loading), cached)
-      }
+      const cached = this.cached(index)
+      if (cached !== undefined) return cached
       return Effect.zipRight(
         this.makeRoom(this.lengthOf(index)),
         Effect.sync(() => this.entries.get(index) ?? this.insert(index))

@@ -165,15 +165,20 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     }
   }
 
-  const onData = (chunk: Buffer) => {
-    if (chunk.length === 0) return
-    chunks.push(chunk)
-    total += chunk.length
+  /** Hands the waiting read its bytes once enough have arrived. */
+  const wakeWaiter = () => {
     if (waiter !== undefined && total >= waiter.n) {
       const w = waiter
       waiter = undefined
       w.resume(Effect.succeed(take(w.n)))
     }
+  }
+
+  const onData = (chunk: Buffer) => {
+    if (chunk.length === 0) return
+    chunks.push(chunk)
+    total += chunk.length
+    wakeWaiter()
     pauseIfFull()
     notify()
   }
@@ -240,11 +245,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
       chunks.push(transient)
       total += transient.length
     }
-    if (waiter !== undefined && total >= waiter.n) {
-      const w = waiter
-      waiter = undefined
-      w.resume(Effect.succeed(take(w.n)))
-    }
+    wakeWaiter()
     notify()
     // What of this read is still unread must be copied before the buffer is reused.
     const last = chunks[chunks.length - 1]
