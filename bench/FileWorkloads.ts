@@ -9,13 +9,13 @@
  */
 import { execFileSync } from "node:child_process"
 import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, rmSync, statSync, truncateSync, writeSync } from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { randomBytes } from "node:crypto"
 import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
 import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
 import { failure, hasExited, isShuttingDown, runToCompletion, spawnTracked, stop } from "./proc.ts"
+import { freePort } from "./servers.ts"
 
 const MiB = 2 ** 20
 const GiB = 2 ** 30
@@ -56,16 +56,6 @@ interface Running {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
-    })
-  })
 
 /** Starts a server on `image` and waits (at most 30 s) until `ready` gives its URI. */
 const startServer = async (name: ServerName, image: string, repoRoot: string): Promise<Running> => {

@@ -144,7 +144,7 @@ const readCpuSeconds = (pid: number): number | undefined => {
 }
 
 /** Asks the kernel for a free TCP port on 127.0.0.1. */
-const freePort = (): Promise<number> =>
+export const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
     const server = net.createServer()
     server.once("error", reject)

@@ -306,6 +306,29 @@ const within = (ms: number, ready: () => boolean, subscribe: (check: () => void)
     check()
   })
 
+/**
+ * A case's result: the findings so far, then what the logs and replies show and any change
+ * to the read-only export; the logs kept are those above INFO.
+ */
+const judged = (
+  fixture: Fixture,
+  findings: Array<Finding>,
+  lines: ReadonlyArray<LogLine>,
+  replies: ReplyReader | undefined,
+  counts: { readonly sent: number; readonly received: number; readonly started: number }
+): CaseResult => {
+  findings.push(...judgeLogs(lines), ...judgeReplies(replies))
+  const change = roChange(fixture)
+  if (change !== undefined) findings.push({ kind: "data", detail: change })
+  return {
+    findings,
+    sent: counts.sent,
+    received: counts.received,
+    millis: performance.now() - counts.started,
+    logs: lines.filter((l) => l.level !== "INFO" && l.level !== "DEBUG" && l.level !== "TRACE")
+  }
+}
+
 // ---- in process ---------------------------------------------------------------------------
 
 export interface InProcessOptions {
@@ -445,16 +468,7 @@ export const runBytesInProcess = async (
     })
     client.destroy()
   }
-  findings.push(...judgeLogs(lines), ...judgeReplies(replies))
-  const change = roChange(fixture)
-  if (change !== undefined) findings.push({ kind: "data", detail: change })
-  return {
-    findings,
-    sent,
-    received,
-    millis: performance.now() - started,
-    logs: lines.filter((l) => l.level !== "INFO" && l.level !== "DEBUG" && l.level !== "TRACE")
-  }
+  return judged(fixture, findings, lines, replies, { sent, received, started })
 }
 
 // ---- over TCP -----------------------------------------------------------------------------
@@ -594,16 +608,7 @@ export const runBytesTcp = async (
   }
   socket.destroy()
   const lines = server.logs.slice(logStart)
-  findings.push(...judgeLogs(lines), ...judgeReplies(replies))
-  const change = roChange(fixture)
-  if (change !== undefined) findings.push({ kind: "data", detail: change })
-  return {
-    findings,
-    sent,
-    received,
-    millis: performance.now() - started,
-    logs: lines.filter((l) => l.level !== "INFO" && l.level !== "DEBUG" && l.level !== "TRACE")
-  }
+  return judged(fixture, findings, lines, replies, { sent, received, started })
 }
 
 /**

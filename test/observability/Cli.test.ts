@@ -11,20 +11,10 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { afterAll, afterEach, beforeEach, describe, expect, it } from "vitest"
 import { killAll, startCli } from "../support/Cli.ts"
+import { freePort } from "../support/Ports.ts"
 import { available, run } from "../support/Tools.ts"
 
 const MiB = 1024 * 1024
-
-/** A TCP port free right now on 127.0.0.1. */
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address()
-      server.close(() => (typeof address === "object" && address !== null ? resolve(address.port) : reject(new Error("no port"))))
-    })
-  })
 
 /** The value of the sample line starting with `series` (name and labels as rendered). */
 const sample = (text: string, series: string): number | undefined => {

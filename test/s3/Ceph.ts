@@ -11,9 +11,9 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import { randomUUID } from "node:crypto"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
+import { freePort } from "../support/Ports.ts"
 
 /** The Debian packages the cluster needs. */
 export const INSTALL = "apt-get install -y radosgw ceph-mon ceph-osd ceph-common"
@@ -40,17 +40,6 @@ export const available = (): boolean => {
   console.warn(`skipping S3 tests: ${message}`)
   return false
 }
-
-/** A free TCP port on 127.0.0.1 (free when asked; the daemons bind it soon after). */
-export const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const port = (server.address() as net.AddressInfo).port
-      server.close(() => resolve(port))
-    })
-  })
 
 const exec = (command: string, args: ReadonlyArray<string>, timeout = 30_000): Promise<string> =>
   new Promise((resolve, reject) => {

@@ -9,10 +9,10 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import { spawn } from "node:child_process"
 import * as fs from "node:fs"
-import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { ROOT, runStatus, servedLines, START_TIMEOUT, withTimeout } from "../support/Cli.ts"
+import { freePort } from "../support/Ports.ts"
 import * as SocketActivation from "../../src/cli/SocketActivation.ts"
 import { available, run } from "../support/Tools.ts"
 
@@ -21,15 +21,6 @@ const MAIN = path.join(ROOT, "src", "cli", "main.ts")
 const MiB = 1024 * 1024
 
 const ready = fs.existsSync(ACTIVATE) && available(["nbdinfo"])
-
-/** A TCP port free a moment ago. */
-const freePort = () =>
-  new Promise<number>((resolve) => {
-    const probe = net.createServer().listen(0, "127.0.0.1", () => {
-      const { port } = probe.address() as net.AddressInfo
-      probe.close(() => resolve(port))
-    })
-  })
 
 interface Activated {
   readonly stdout: () => string
