@@ -45,7 +45,8 @@ export interface ServerConfig {
    * How accepted connections receive bytes: `"owned"` (the default), into one reused buffer
    * of `receiveBufferSize` bytes per connection (see `OwnedReceive`; 1 MiB writes several
    * times faster, without the garbage a new buffer per read makes); `"stream"`, Node.js's
-   * default path (a new buffer per read). A server with TLS always uses `"stream"`.
+   * default path (a new buffer per read). On a server with TLS, connections negotiate on
+   * Node.js's path, and once encrypted receive their decrypted bytes into the owned buffer.
    */
   readonly receiveBuffer: "owned" | "stream"
   /** Size of a connection's receive buffer in `"owned"` mode, in bytes. */

@@ -105,7 +105,8 @@ const serveSession = (stream: Duplex, options: SessionOptions, tracing: boolean)
             yield* Effect.async<void>((resume) => {
               stream.write(new Uint8Array(0), () => resume(Effect.void))
             })
-            const socket = yield* Tls.upgrade(stream, tlsConfig)
+            const owned = config.receiveBuffer === "owned" ? config.receiveBufferSize : undefined
+            const socket = yield* Tls.upgrade(stream, tlsConfig, owned)
             const secure = yield* attach(socket)
             reader = secure.reader
             writer = secure.writer

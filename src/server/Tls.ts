@@ -38,6 +38,7 @@ import * as path from "node:path"
 import type { Duplex } from "node:stream"
 import * as tls from "node:tls"
 import { ProtocolViolation } from "../Errors.ts"
+import * as OwnedReceive from "../stream/OwnedReceive.ts"
 
 /**
  * Pre-shared keys by identity (user name), as read from a psktool file.
@@ -349,10 +350,16 @@ export const pskIdentity = (socket: tls.TLSSocket): Option.Option<string> => {
 
 /**
  * Runs the server side of a TLS handshake over a stream; the result is the encrypted stream.
+ * With `receiveBufferSize`, decrypted bytes arrive in one buffer of that size owned by the
+ * connection ({@link OwnedReceive.adoptTls}) where the Node.js release allows it.
  *
  * @since 0.1.0
  */
-export const upgrade = (stream: Duplex, config: TlsConfig): Effect.Effect<tls.TLSSocket, ProtocolViolation> =>
+export const upgrade = (
+  stream: Duplex,
+  config: TlsConfig,
+  receiveBufferSize?: number
+): Effect.Effect<tls.TLSSocket, ProtocolViolation> =>
   Effect.async<tls.TLSSocket, ProtocolViolation>((resume) => {
     const keys = config.psk
     // Node reads `pskCallback` in the TLSSocket constructor too, though its types list it for servers only.
@@ -371,6 +378,7 @@ export const upgrade = (stream: Duplex, config: TlsConfig): Effect.Effect<tls.TL
       rejectUnauthorized: config.verifyClients
     }
     const socket = new tls.TLSSocket(stream, { ...options, ...psk })
+    if (receiveBufferSize !== undefined) OwnedReceive.adoptTls(socket, receiveBufferSize)
     const timer = setTimeout(() => fail(new Error("TLS handshake timed out")), HANDSHAKE_TIMEOUT_MILLIS)
     const fail = (error: Error) => {
       clearTimeout(timer)

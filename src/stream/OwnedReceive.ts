@@ -10,6 +10,9 @@
  * changes the shape it relies on, {@link adopt} reports it and the connection keeps the
  * default receive path.
  *
+ * A TLS socket made over a connection is taken over in place ({@link adoptTls}): its
+ * decrypted bytes land in the connection's buffer instead of a new one per TLS record.
+ *
  * The bytes handed to a {@link Sink} are a view of the reused buffer: they are valid only
  * until the sink returns, and a sink copies what it keeps.
  *
@@ -86,23 +89,13 @@ export const canAdopt = (socket: Net.Socket): boolean => {
 export const adopt = (accepted: Net.Socket, bufferSize: number): Net.Socket | undefined => {
   if (!canAdopt(accepted)) return undefined
   const old = accepted as unknown as SocketInternals
-  const buffer = Buffer.allocUnsafeSlow(bufferSize)
-  let sink: Sink | undefined
-  const waiting: Array<Buffer> = []
+  const receiving = receiver()
   const socket = new Net.Socket({
     handle: old._handle,
     readable: true,
     writable: true,
     allowHalfOpen: accepted.allowHalfOpen,
-    onread: {
-      buffer,
-      callback: (n: number, buf: Uint8Array) => {
-        const bytes = (buf as Buffer).subarray(0, n)
-        if (sink !== undefined) return sink(bytes)
-        waiting.push(Buffer.from(bytes))
-        return false
-      }
-    }
+    onread: { buffer: Buffer.allocUnsafeSlow(bufferSize), callback: receiving.callback }
   } as Net.SocketConstructorOpts & { handle: unknown })
   // The server counts its connections through the socket that closes: the new one now.
   const adopted = socket as unknown as SocketInternals
@@ -110,13 +103,71 @@ export const adopt = (accepted: Net.Socket, bufferSize: number): Net.Socket | un
   adopted.server = old.server
   old._server = null
   old._handle = null
-  sources.set(socket, {
-    setSink: (next) => {
-      sink = next
-      if (next === undefined) return
-      for (const bytes of waiting.splice(0)) next(bytes)
-      socket.resume()
-    }
-  })
+  receiving.register(socket)
   return socket
+}
+
+/** The `onread` callback of one socket, and its registration as an {@link OwnedSource}. */
+interface Receiver {
+  readonly callback: (n: number, buffer: Uint8Array) => boolean
+  readonly register: (socket: Net.Socket) => void
+}
+
+/** Bytes go to the sink once there is one; until then they are copied, kept, and reading stops. */
+const receiver = (): Receiver => {
+  let sink: Sink | undefined
+  const waiting: Array<Buffer> = []
+  return {
+    callback: (n, buffer) => {
+      const bytes = (buffer as Buffer).subarray(0, n)
+      if (sink !== undefined) return sink(bytes)
+      waiting.push(Buffer.from(bytes))
+      return false
+    },
+    register: (socket) =>
+      sources.set(socket, {
+        setSink: (next) => {
+          sink = next
+          if (next === undefined) return
+          for (const bytes of waiting.splice(0)) next(bytes)
+          socket.resume()
+        }
+      })
+  }
+}
+
+/** The private symbols under which `net.Socket` keeps an `onread` buffer and its callback. */
+const onreadSymbols = (socket: Net.Socket): { readonly buffer: symbol; readonly callback: symbol } | undefined => {
+  const symbols = Object.getOwnPropertySymbols(socket)
+  const buffer = symbols.find((symbol) => symbol.description === "kBuffer")
+  const callback = symbols.find((symbol) => symbol.description === "kBufferCb")
+  return buffer === undefined || callback === undefined ? undefined : { buffer, callback }
+}
+
+/**
+ * Makes a TLS socket deliver its decrypted bytes into a buffer of `bufferSize` bytes owned
+ * by the connection, in place of a fresh buffer per TLS record. Node.js offers `onread`
+ * only to TLS sockets it connects itself, so this sets what that option would have set (the
+ * socket's private `onread` fields and its TLS handle's user buffer). Call it right after
+ * the socket is made, before its handshake: bytes that arrive before a reader takes them are
+ * copied and kept. Returns `false` (the socket untouched) when a Node.js release changed
+ * what this relies on.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const adoptTls = (socket: Net.Socket, bufferSize: number): boolean => {
+  const symbols = onreadSymbols(socket)
+  const handle = (socket as unknown as SocketInternals)._handle as Partial<StreamHandle> | null | undefined
+  if (symbols === undefined || typeof handle !== "object" || handle === null || typeof handle.useUserBuffer !== "function") {
+    return false
+  }
+  const buffer = Buffer.allocUnsafeSlow(bufferSize)
+  const receiving = receiver()
+  const fields = socket as unknown as Record<symbol, unknown>
+  fields[symbols.buffer] = buffer
+  fields[symbols.callback] = receiving.callback
+  handle.useUserBuffer(buffer)
+  receiving.register(socket)
+  return true
 }
