@@ -47,6 +47,7 @@ import {
 } from "./table.ts"
 import { type BenchCredentials, makeCredentials } from "./tls.ts"
 import { FILE_MODES, runFileWorkloads } from "./FileWorkloads.ts"
+import { runS3Bench } from "./S3Workloads.ts"
 
 /** Sizes and durations of one mode. */
 interface Mode {
@@ -121,7 +122,8 @@ const USAGE =
   "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies (report in bench/results/quick.md)\n" +
   "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats, +dirty\n" +
   "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n" +
-  "  --files     instead, the file driver against nbdkit's file plugin on tmpfs and disk (bench/results/files.md)\n"
+  "  --files     instead, the file driver against nbdkit's file plugin on tmpfs and disk (bench/results/files.md)\n" +
+  "  --s3        instead, the s3 driver through 1, 2 and 4 servers over one Ceph, beside the SDK (bench/results/s3.md, see S3Workloads.ts)\n"
 
 /** What the command line asks for. */
 interface Args {
@@ -170,6 +172,7 @@ const suspiciousLines = (log: string): Array<string> =>
 
 const main = async (): Promise<number> => {
   installCleanup()
+  if (process.argv.includes("--s3")) return runS3Bench(process.argv.slice(2), fileURLToPath(new URL("..", import.meta.url)))
   const { files, filters, mode, tls } = parseArgs(process.argv.slice(2))
   if (files) return runFiles(mode.name)
   const servers = tls ? TLS_SERVERS : serversOf(filters)

@@ -37,6 +37,17 @@ export const make = (driver: NbdDriverShape, options: ExportOptions = {}): NbdEx
   driver: options.readOnly === true ? ReadOnly.apply(driver) : driver
 })
 
+/**
+ * Exports that may appear while the server runs (those of a bucket): asked again for
+ * LIST and for a name the registry does not know.
+ */
+export interface ExportSource {
+  /** The exports now. */
+  readonly list: Effect.Effect<ReadonlyArray<NbdExport>>
+  /** The export of that name, looked for if it is new; none if there is none. */
+  readonly find: (name: string) => Effect.Effect<Option.Option<NbdExport>>
+}
+
 /** The exports a server offers. */
 export class ExportRegistry extends Context.Tag("effect-nbd/ExportRegistry")<ExportRegistry, {
   /** Every export, the default first. */
@@ -56,6 +67,36 @@ export class ExportRegistry extends Context.Tag("effect-nbd/ExportRegistry")<Exp
           ? Effect.fail(optionReplyError("UNKNOWN", `no export named '${name}'`))
           : Effect.succeed(found)
       }
+    })
+  }
+
+  /**
+   * A registry of fixed exports and of sources whose exports may change: a name not
+   * among the fixed ones is looked for in each source in turn; LIST shows the fixed
+   * exports, then each source's. The default export is the first fixed one, else the
+   * first a source lists.
+   */
+  static withSources(exports: ReadonlyArray<NbdExport>, sources: ReadonlyArray<ExportSource>): ExportRegistry["Type"] {
+    if (sources.length === 0) return ExportRegistry.fromExports(exports)
+    const fixed = ExportRegistry.fromExports(exports)
+    const list = Effect.map(Effect.forEach(sources, (source) => source.list), (found) => {
+      const seen = new Set(exports.map((e) => e.name))
+      return [...exports, ...found.flat().filter((e) => !seen.has(e.name) && seen.add(e.name))]
+    })
+    const find = (name: string): Effect.Effect<NbdExport, OptionReplyError> =>
+      Effect.flatMap(Effect.forEach(sources, (source) => source.find(name)), (found) => {
+        const first = found.find(Option.isSome)
+        return first === undefined
+          ? Effect.fail(optionReplyError("UNKNOWN", `no export named '${name}'`))
+          : Effect.succeed(first.value)
+      })
+    return ExportRegistry.of({
+      list,
+      get: (name) =>
+        Effect.catchAll(fixed.get(name), (e) =>
+          name === "" && exports.length === 0
+            ? Effect.flatMap(list, (all) => all.length === 0 ? Effect.fail(e) : Effect.succeed(all[0]!))
+            : name === "" ? Effect.fail(e) : find(name))
     })
   }
 

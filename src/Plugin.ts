@@ -6,6 +6,7 @@
  */
 import type * as Effect from "effect/Effect"
 import type * as Either from "effect/Either"
+import type * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import type { Filter, NbdDriverShape } from "./Driver.ts"
 import type { ParameterDoc, ParameterError } from "./Params.ts"
@@ -43,6 +44,24 @@ export interface DriverPlugin {
     parameters: ReadonlyMap<string, string>,
     options?: DriverPluginOptions | undefined
   ) => Either.Either<Effect.Effect<ReadonlyArray<NamedDriver>, unknown, Scope.Scope>, ParameterError>
+  /**
+   * For a driver whose exports may appear while the server runs (`s3-bucket`): builds
+   * them as a source asked again for LIST and for unknown names. The command line uses
+   * it instead of `exports`, stacking the filters on each export once, when first seen.
+   */
+  readonly exportSource?: (
+    argument: string,
+    parameters: ReadonlyMap<string, string>,
+    options?: DriverPluginOptions | undefined
+  ) => Either.Either<Effect.Effect<DriverSource, unknown, Scope.Scope>, ParameterError>
+}
+
+/** Named drivers that may appear while the server runs. */
+export interface DriverSource {
+  /** The drivers now, in the order LIST shows them (the exports found at start first). */
+  readonly list: Effect.Effect<ReadonlyArray<NamedDriver>>
+  /** The driver of that name, looked for if it is new; none if there is none. */
+  readonly find: (name: string) => Effect.Effect<Option.Option<NamedDriver>>
 }
 
 /** A driver with the export name it is served under. */

@@ -24,6 +24,7 @@ import * as ServerConfig from "../server/ServerConfig.ts"
 import { parseSize } from "../Size.ts"
 import * as Tls from "../server/Tls.ts"
 import * as Captive from "./Captive.ts"
+import * as DynamicExports from "./DynamicExports.ts"
 import { type ExportSpec, parseExportSpec } from "./ExportSpec.ts"
 import * as ListenPlan from "./ListenPlan.ts"
 import * as ParentWatch from "./ParentWatch.ts"
@@ -182,6 +183,8 @@ interface Served {
   /** The driver at the bottom of the stack. */
   readonly driver: string
   readonly readOnly: boolean
+  /** Where the export came from when exports may appear while the server runs (`s3-bucket`). */
+  readonly source?: Export.ExportSource | undefined
 }
 
 /**
@@ -190,6 +193,8 @@ interface Served {
  */
 const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
   const exports = served.map((s) => s.export)
+  const fixed = served.filter((s) => s.source === undefined).map((s) => s.export)
+  const sources = [...new Set(served.flatMap((s) => s.source === undefined ? [] : [s.source]))]
   return Effect.gen(function*() {
     const tls = yield* tlsConfig(options)
     const config = yield* serverConfig(options, tls)
@@ -217,7 +222,7 @@ const serveExports = (options: Listen, served: ReadonlyArray<Served>) => {
     }).pipe(
       Effect.provide(
         ObservabilityOptions.withExporter(options, Server.layer(plan.listen, config)).pipe(
-          Layer.provide(Export.ExportRegistry.layer(exports))
+          Layer.provide(Layer.succeed(Export.ExportRegistry, Export.ExportRegistry.withSources(fixed, sources)))
         )
       ),
       Effect.catchTag("ListenError", (e) => usageError(e.message))
@@ -255,6 +260,13 @@ const buildExport = (request: ExportSpec) =>
     const plugin = yield* orUsage(Catalog.driver(request.driver))
     const options = { readOnly: request.readOnly }
     const filters = yield* Effect.forEach(request.filters, (spec) => orUsage(Catalog.filter(spec)))
+    if (plugin.exportSource !== undefined) {
+      const make = yield* orUsage(plugin.exportSource(request.argument, request.parameters, options))
+      const served = { name: request.name, description: request.description, readOnly: request.readOnly, filters }
+      const source = DynamicExports.make(yield* Effect.mapError(make, buildError), served, yield* Effect.scope)
+      const found = yield* source.list
+      return found.map((exp) => ({ export: exp, driver: plugin.name, readOnly: request.readOnly, source }))
+    }
     const named = plugin.exports === undefined
       ? yield* Effect.map(orUsage(plugin.make(request.argument, request.parameters, options)), (make) =>
         Effect.map(make, (driver) => [{ name: request.name, driver }]))

@@ -33,7 +33,7 @@
  * - `object-size=SIZE` (default 1M): object size of a new export, 4K to 64M, a power of two
  * - `cache-size=SIZE` (default 64M): most bytes of objects held in memory
  * - `uploads=N` (default 16), `downloads=N` (default 16): concurrent PUT/DELETE and GET requests
- * - `read-ahead=N` (default 4): objects fetched ahead of a sequential reader
+ * - `read-ahead=N` (default 8): objects fetched ahead of a sequential reader, at most a quarter of the cache
  * - `lease-time=DURATION` (default 15s): lease time; `0` takes no lease
  * - `path-style=BOOL` (default true): path-style URLs (Ceph, MinIO); false for virtual-hosted
  * - `description=TEXT` (default `s3://BUCKET/PREFIX`): description shown to clients
@@ -95,7 +95,7 @@ export const defaults = {
   cacheSize: 64 * 1024 * 1024,
   uploads: 16,
   downloads: 16,
-  readAhead: 4,
+  readAhead: 8,
   leaseTime: Duration.seconds(15)
 } as const
 
@@ -300,7 +300,7 @@ export const parameters: ReadonlyArray<Params.ParameterDoc> = [
   { name: "cache-size", default: "64M", description: "most bytes of objects held in memory" },
   { name: "uploads", default: "16", description: "concurrent PUT/DELETE requests" },
   { name: "downloads", default: "16", description: "concurrent GET requests" },
-  { name: "read-ahead", default: "4", description: "objects fetched ahead of a sequential reader" },
+  { name: "read-ahead", default: "8", description: "objects fetched ahead of a sequential reader (at most a quarter of the cache)" },
   { name: "lease-time", default: "15s", description: "single-writer lease time; 0 takes no lease" },
   { name: "path-style", default: "true", description: "path-style URLs (Ceph, MinIO); false: virtual-hosted" },
   { name: "description", description: "description of the export shown to clients" }

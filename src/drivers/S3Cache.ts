@@ -12,10 +12,12 @@
  *   upload started, and the object stays dirty until that newer version is stored too.
  * - Zeroing or trimming whole objects makes them holes (deleted when stored); partial
  *   ranges are zeroed in the cached object.
- * - Reads of cached objects are served from memory. A read that continues the previous
- *   one (sequential), or covers a whole object, fetches whole objects into the cache and
- *   starts fetching the next `readAhead` objects; other reads fetch only the bytes asked
- *   (ranged GET) and cache nothing.
+ * - Reads of cached objects are served from memory; one within a single object gets the
+ *   cached bytes themselves, not a copy (the object is then copied before its next change,
+ *   so that a reply on its way keeps what was read). A read that continues the previous
+ *   one (sequential), or covers a whole object, fetches whole objects into the cache; a
+ *   sequential one first starts fetching the next `readAhead` objects (at most a quarter
+ *   of the capacity). Other reads fetch only the bytes asked (ranged GET) and cache nothing.
  * - The cache holds at most `capacity` bytes: unchanged objects leave it least recently
  *   used first; when only dirty ones are left, a writer waits for uploads to make room.
  * - At most `uploads` PUT/DELETE and `downloads` GET requests are in flight.
@@ -77,6 +79,8 @@ interface Entry {
   upload: Deferred.Deferred<void, S3Failure> | undefined
   /** The upload in flight sends `data` itself: copy it before changing it. */
   shared: boolean
+  /** A read returned part of `data` itself (a reply may still be on its way): copy it before changing it. */
+  lent: boolean
 }
 
 /** What a hole costs in the cache's accounting (its entry, not its bytes). */
@@ -163,6 +167,7 @@ export class ObjectCache {
   private setData(entry: Entry, data: Uint8Array | null): void {
     if (this.entries.get(entry.index) === entry) this.bytes += this.costOf(data) - this.costOf(entry.data)
     entry.data = data
+    entry.lent = false
   }
 
   private insert(index: number): Entry {
@@ -174,7 +179,8 @@ export class ObjectCache {
       changed: 0,
       loading: undefined,
       upload: undefined,
-      shared: false
+      shared: false,
+      lent: false
     }
     this.entries.set(index, entry)
     this.bytes += HOLE_COST
@@ -305,9 +311,10 @@ export class ObjectCache {
   /** Records a change of an entry's bytes: `change` gets a buffer it may modify. */
   private change(entry: Entry, change: (data: Uint8Array) => void): void {
     if (entry.data === null) this.setData(entry, new Uint8Array(this.lengthOf(entry.index)))
-    else if (entry.shared) {
+    else if (entry.shared || entry.lent) {
       entry.data = Uint8Array.prototype.slice.call(entry.data)
       entry.shared = false
+      entry.lent = false
     }
     change(entry.data!)
     this.changed(entry)
@@ -388,26 +395,48 @@ export class ObjectCache {
     }))
   }
 
-  /** Reads `[offset, offset + length)`. */
+  /**
+   * Reads `[offset, offset + length)`. A sequential read first starts fetching the
+   * objects after it (read-ahead), so that they arrive while this one waits for its own.
+   */
   read(offset: number, length: number): Effect.Effect<Uint8Array, S3Failure> {
     return Effect.suspend(() => {
-      const out = new Uint8Array(length)
       const sequential = offset === this.lastReadEnd
       this.lastReadEnd = offset + length
       const pieces = this.pieces(offset, length)
-      return Effect.forEach(pieces, (piece) => this.readPiece(piece, out, sequential), {
-        concurrency: this.options.downloads,
-        discard: true
-      }).pipe(
-        Effect.zipRight(sequential && this.options.caching() ? this.readAhead(pieces[pieces.length - 1]!.index + 1) : Effect.void),
-        Effect.as(out)
-      )
+      const ahead = sequential && this.options.caching() ? this.readAhead(pieces[pieces.length - 1]!.index + 1) : Effect.void
+      const only = pieces.length === 1 ? this.lendPiece(pieces[0]!, sequential) : undefined
+      if (only !== undefined) return Effect.zipRight(ahead, only)
+      const out = new Uint8Array(length)
+      return Effect.zipRight(
+        ahead,
+        Effect.forEach(pieces, (piece) => this.readPiece(piece, out, sequential), {
+          concurrency: this.options.downloads,
+          discard: true
+        })
+      ).pipe(Effect.as(out))
     })
   }
 
-  /** Starts fetching the objects from `first` on that are not cached. */
+  /**
+   * A read within one object that is (or will be) cached: the cached bytes themselves,
+   * without a copy (the entry is marked lent: a later change copies it first). Undefined
+   * for a read that is not cached (a ranged GET).
+   */
+  private lendPiece(piece: Piece, sequential: boolean): Effect.Effect<Uint8Array, S3Failure> | undefined {
+    const whole = piece.length === this.lengthOf(piece.index)
+    if (!this.entries.has(piece.index) && !(this.options.caching() && (sequential || whole))) return undefined
+    return Effect.map(this.load(piece.index), (entry) => {
+      if (entry.data === null) return new Uint8Array(piece.length)
+      entry.lent = true
+      return entry.data.subarray(piece.start, piece.start + piece.length)
+    })
+  }
+
+  /** Starts fetching the objects from `first` on that are not cached (at most a quarter of the cache). */
   private readAhead(first: number): Effect.Effect<void> {
-    const last = Math.min(first + this.options.readAhead, this.count)
+    const most = Math.max(1, Math.floor(this.options.capacity / 4 / this.objectSize))
+    const last = Math.min(first + Math.min(this.options.readAhead, most), this.count)
     const indexes: Array<number> = []
     for (let index = first; index < last; index++) if (!this.entries.has(index)) indexes.push(index)
     return Effect.forEach(indexes, (index) => this.forkBackground(this.load(index)), { discard: true })

@@ -74,6 +74,33 @@ describe("s3-bucket discovery", () => {
       yield* put("notes/readme.txt")
       expect(yield* S3Bucket.discover(store)).toEqual(["team/a", "team/b", "vm1"])
     }))
+
+  it.scoped("sees exports added later: LIST once the last search is older than rescan=, a name asked for at once", () =>
+    Effect.gen(function*() {
+      const store = MemoryStore.make()
+      const create = (prefix: string) =>
+        Effect.scoped(S3.make({ location: { bucket: "test-bucket", prefix }, store, size: OBJECT, objectSize: OBJECT, leaseTime: 0 }))
+      yield* create("vm1")
+      const source = yield* S3Bucket.source("test-bucket", { store, leaseTime: 0, rescan: "1 hour" })
+      const names = Effect.map(source.list, (found) => found.map((e) => e.name))
+      expect(yield* names).toEqual(["vm1"])
+      yield* create("vm2")
+      expect(yield* names).toEqual(["vm1"]) // the search is reused
+      const vm2 = yield* source.find("vm2") // asked for by name: looked for at once
+      expect(vm2._tag).toBe("Some")
+      expect(yield* names).toEqual(["vm1", "vm2"])
+      expect((yield* source.find("vm3"))._tag).toBe("None")
+      yield* create("vm3")
+      store.requests.clear()
+      expect((yield* source.find("vm3"))._tag).toBe("None") // found missing a moment ago: not looked for again
+      expect(store.requests.get("GET")).toBeUndefined()
+      expect((yield* source.find("../x"))._tag).toBe("None")
+      expect((yield* source.find(""))._tag).toBe("None")
+
+      const eager = yield* S3Bucket.source("test-bucket", { store, leaseTime: 0, rescan: 0 })
+      yield* create("team/vm4")
+      expect(yield* Effect.map(eager.list, (found) => found.map((e) => e.name))).toEqual(["vm1", "vm2", "vm3", "team/vm4"]) // those found at start first
+    }))
 })
 
 describe("s3 lease", () => {
@@ -184,6 +211,26 @@ describe("s3 driver over an in-memory store", () => {
       expectBytes(yield* second.read(OBJECT + 100, 200), pattern(OBJECT, 3).subarray(100, 300), "ranged read")
       expectBytes(yield* second.read(OBJECT + 100, 200), pattern(OBJECT, 3).subarray(100, 300), "again")
       expect(store.requests.get("GET")).toBe(2 + 2) // the metadata by each driver, then two ranged reads (nothing cached)
+    }))
+
+  it.scoped("a read returns cached bytes without a copy, and a later write does not change what it returned", () =>
+    Effect.gen(function*() {
+      const store = MemoryStore.make()
+      const handle = yield* opened(store)
+      yield* handle.write(2 * OBJECT, pattern(OBJECT, 7), write)
+      const whole = yield* handle.read(2 * OBJECT, OBJECT)
+      const part = yield* handle.read(2 * OBJECT + 100, 300)
+      yield* handle.write(2 * OBJECT, pattern(OBJECT, 8), write) // whole object replaced
+      const again = yield* handle.read(2 * OBJECT, OBJECT)
+      yield* handle.write(2 * OBJECT + 50, pattern(500, 9), write) // partial: changes a copy
+      yield* handle.writeZeroes(2 * OBJECT, 1000, { fua: false, noHole: true, fastZero: false })
+      expectBytes(whole, pattern(OBJECT, 7), "the first read")
+      expectBytes(part, pattern(OBJECT, 7).subarray(100, 400), "the part read")
+      expectBytes(again, pattern(OBJECT, 8), "the read after the whole write")
+      const now = Buffer.from(pattern(OBJECT, 8))
+      now.set(pattern(500, 9), 50)
+      now.fill(0, 0, 1000)
+      expectBytes(yield* handle.read(2 * OBJECT, OBJECT), now, "the object now")
     }))
 
   it.scoped("zeroing whole objects deletes them and reports holes", () =>
