@@ -73,6 +73,13 @@ export class SparseMemory {
 
   /** The bytes of a range as views of the pages, and holes as counts of zero bytes: no copy. */
   views(offset: number, length: number): Array<Uint8Array | number> {
+    const index = Math.floor(offset / PAGE_SIZE)
+    const inPage = offset - index * PAGE_SIZE
+    if (length > 0 && inPage + length <= PAGE_SIZE) {
+      // Within one page (every small read): no walk.
+      const page = this.pages.get(index)
+      return [page === undefined ? length : page.subarray(inPage, inPage + length)]
+    }
     const out: Array<Uint8Array | number> = []
     SparseMemory.eachPage(offset, length, (index, inPage, n) => {
       const page = this.pages.get(index)
@@ -85,6 +92,17 @@ export class SparseMemory {
   }
 
   write(offset: number, data: Uint8Array): void {
+    const index = Math.floor(offset / PAGE_SIZE)
+    const inPage = offset - index * PAGE_SIZE
+    if (data.length > 0 && inPage + data.length <= PAGE_SIZE) {
+      // Within one page (every small write): no walk.
+      let page = this.pages.get(index)
+      if (page === undefined) {
+        page = new Uint8Array(PAGE_SIZE)
+        this.pages.set(index, page)
+      }
+      return page.set(data, inPage)
+    }
     SparseMemory.eachPage(offset, data.length, (index, inPage, n, done) => {
       let page = this.pages.get(index)
       if (page === undefined) {

@@ -52,6 +52,36 @@ describe("sparse memory", () => {
     )
   })
 
+  it("views of any range, within a page or across pages and holes, hold what read returns", () => {
+    const size = 6 * PAGE_SIZE
+    const store = new SparseMemory(size)
+    store.write(PAGE_SIZE - 100, pattern(200, 1)) // across the first page boundary
+    store.write(3 * PAGE_SIZE + 5, pattern(10, 2)) // inside one page
+    const flatten = (views: ReadonlyArray<Uint8Array | number>): Uint8Array =>
+      Buffer.concat(views.map((piece) => (typeof piece === "number" ? new Uint8Array(piece) : piece)))
+    expect(store.views(10, 0)).toEqual([])
+    expect(store.views(2 * PAGE_SIZE + 7, 100)).toEqual([100]) // a hole within one page
+    FastCheck.assert(
+      FastCheck.property(
+        FastCheck.integer({ min: 0, max: size - 1 }),
+        FastCheck.integer({ min: 0, max: 2 * PAGE_SIZE }),
+        (offset, rawLength) => {
+          const length = Math.min(rawLength, size - offset)
+          const views = store.views(offset, length)
+          expect(views.every((piece) => typeof piece === "number" ? piece > 0 : piece.length > 0)).toBe(true)
+          expectBytes(flatten(views), store.read(offset, length))
+        }
+      )
+    )
+    // Small writes allocate only their page; an empty one allocates nothing.
+    const fresh = new SparseMemory(size)
+    fresh.write(PAGE_SIZE + 1, new Uint8Array(0))
+    expect(fresh.allocatedBytes).toBe(0)
+    fresh.write(PAGE_SIZE + 1, pattern(4096, 3))
+    expect(fresh.allocatedBytes).toBe(PAGE_SIZE)
+    expectBytes(fresh.read(PAGE_SIZE, 4097), Buffer.concat([new Uint8Array(1), pattern(4096, 3)]))
+  })
+
   it("block status starts at an unaligned offset and merges runs", () => {
     const store = new SparseMemory(16 * PAGE_SIZE)
     store.write(2 * PAGE_SIZE, new Uint8Array(2 * PAGE_SIZE).fill(1))
