@@ -127,6 +127,27 @@ export interface SyncOperations {
   readonly size: () => number
   readonly read: (offset: number, length: number) => ReadonlyArray<Uint8Array | number>
   readonly write: (offset: number, data: Uint8Array) => void
+  /**
+   * Optional: {@link read} into a buffer the server gives (all of `target`, from
+   * `offset`), for storage that would otherwise copy into a fresh buffer per read.
+   */
+  readonly readInto?: ((offset: number, target: Uint8Array) => void) | undefined
+}
+
+/**
+ * A READ answered at once when that needs no waiting, for drivers whose data is often
+ * at hand but not always (a file whose pages the page cache may hold): the server tries
+ * it before starting a fiber for the request.
+ */
+export interface ReadNow {
+  /** The current size (as the handle's `size`). */
+  readonly size: () => number
+  /**
+   * Fills all of `target` with the bytes from `offset` if it can without waiting, and
+   * says whether it did; when it did not, the server reads through `readInto` and the
+   * contents of `target` do not matter. A throw is a defect, answered EIO.
+   */
+  readonly into: (offset: number, target: Uint8Array) => boolean
 }
 
 /**
@@ -147,6 +168,22 @@ export interface DriverHandle {
   /** Current size in bytes. */
   readonly size: Effect.Effect<number, ProtocolError>
   readonly read: (offset: number, length: number) => Effect.Effect<Uint8Array, ProtocolError>
+  /**
+   * Optional: {@link read} into a buffer the server gives, filling all of `target` with
+   * the bytes from `offset`. The server takes its buffers from a pool of the connection
+   * and reuses one once its reply is sent, so a driver that would copy into a fresh
+   * buffer per read saves the allocation. The driver may write into `target` only until
+   * the effect ends (successfully or not).
+   */
+  readonly readInto?: ((offset: number, target: Uint8Array) => Effect.Effect<void, ProtocolError>) | undefined
+  /** Optional: READ answered at once where possible (see {@link ReadNow}); used only with `readInto`. */
+  readonly readNow?: ReadNow | undefined
+  /**
+   * `write` keeps no reference to `data` once its effect ended (it copied the bytes), so
+   * a payload the server has to gather or copy anyway goes into a buffer of the
+   * connection's pool, reused after the write.
+   */
+  readonly writeCopies?: boolean | undefined
   readonly write: (offset: number, data: Uint8Array, options: WriteOptions) => Effect.Effect<void, ProtocolError>
   readonly flush: Effect.Effect<void, ProtocolError>
   readonly trim: (offset: number, length: number, options: WriteOptions) => Effect.Effect<void, ProtocolError>
@@ -255,6 +292,9 @@ export const make = (options: DriverOptions): NbdDriverShape => {
     capabilities,
     size: options.size,
     read: options.read,
+    readInto: options.readInto,
+    readNow: options.readNow,
+    writeCopies: options.writeCopies,
     write: writeOrFail,
     flush: options.flush ?? unsupported("flush"),
     trim: options.trim ?? (() => unsupported("trim")),
@@ -279,7 +319,10 @@ export const make = (options: DriverOptions): NbdDriverShape => {
  *
  * The synchronous fast path of the handle below passes through only when the filter
  * replaces none of `size`, `read` and `write`; a filter that does may give its own
- * `sync` (or `sync: undefined` to drop it explicitly).
+ * `sync` (or `sync: undefined` to drop it explicitly). Likewise `readInto` passes through
+ * only when the filter does not replace `read`, `readNow` only when it replaces none
+ * of `size`, `read` and `readInto`, and `writeCopies` only when it does not replace
+ * `write`, unless it gives its own.
  */
 export type HandleOverrides =
   & Partial<Omit<DriverHandle, "capabilities">>
@@ -290,11 +333,21 @@ export const override = (below: DriverHandle, overrides: HandleOverrides): Drive
   const { capabilities, ...operations } = overrides
   const changesData = overrides.size !== undefined || overrides.read !== undefined || overrides.write !== undefined
   const sync = "sync" in overrides ? overrides.sync : changesData ? undefined : below.sync
+  const readInto = "readInto" in overrides ? overrides.readInto : overrides.read !== undefined ? undefined : below.readInto
+  const readNow = "readNow" in overrides
+    ? overrides.readNow
+    : changesData || overrides.readInto !== undefined
+    ? undefined
+    : below.readNow
+  const writeCopies = "writeCopies" in overrides ? overrides.writeCopies : overrides.write !== undefined ? undefined : below.writeCopies
   return {
     ...below,
     ...operations,
     capabilities: capabilities === undefined ? below.capabilities : capabilities(below.capabilities),
-    sync
+    sync,
+    readInto,
+    readNow,
+    writeCopies
   }
 }
 

@@ -17,7 +17,13 @@
  * - A file on tmpfs or ramfs, whose pages never wait for a disk, is read and written
  *   synchronously on the event loop (the server's fast path, as for the memory driver; a
  *   failed write there, such as a full tmpfs, is answered EIO rather than ENOSPC); other
- *   files through libuv's thread pool.
+ *   files through libuv's thread pool (see `bin/thread-pool.cjs` for its size).
+ * - READ fills buffers the server lends from a pool of the connection (`readInto`), but
+ *   with `cache=none`, whose reads need aligned buffers of their own. A read the page
+ *   cache holds is answered at once on the event loop (`preadv2` with `RWF_NOWAIT`,
+ *   without a fiber: the handle's `readNow`); only the others wait for the thread pool.
+ *   A WRITE payload the server must copy (out of its receive buffer) goes into a pooled
+ *   buffer as well (`writeCopies`: the kernel has the bytes once a write ends).
  *
  * Parameters (`KEY=VALUE` after the path):
  * - `cache=` (`default`): `default` uses the page cache; `none` opens the file with
@@ -127,6 +133,7 @@ export const makeSized = (
     })
     const writable = readOnly ? {} : {
       write: (offset: number, data: Uint8Array) => io.write(offset, data),
+      writeCopies: true, // the kernel (or the aligned copy of O_DIRECT) has the bytes once a write ends
       ...(space === undefined ? {} : { trim: space.trim, writeZeroes: space.writeZeroes }),
       ...(kind === "file"
         ? {
@@ -147,11 +154,14 @@ export const makeSized = (
         }),
       size: Effect.sync(() => size),
       read: (offset, length) => io.read(offset, length),
+      readInto: io.readInto,
+      ...(io.readIfCached === undefined ? {} : { readNow: { size: () => size, into: io.readIfCached } }),
       ...(inMemory
         ? {
           sync: {
             size: () => size,
             read: (offset: number, length: number) => [Io.readNow(fd, offset, length)],
+            readInto: (offset: number, target: Uint8Array) => Io.readNowInto(fd, offset, target),
             write: (offset: number, data: Uint8Array) => readOnly ? failReadOnly() : Io.writeNow(fd, offset, data)
           }
         }

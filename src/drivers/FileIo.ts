@@ -22,21 +22,21 @@ export const systemFailure = (what: string) => (cause: NodeJS.ErrnoException | n
  * read as zeroes. With `shortIsEnd` (`O_DIRECT`, where only the end of the file makes a
  * read short) the first short read ends it.
  */
-export const readInto = (
+export const readFully = (
   fd: number,
   buffer: Uint8Array,
   offset: number,
   shortIsEnd = false
-): Effect.Effect<Uint8Array, ProtocolError> =>
+): Effect.Effect<void, ProtocolError> =>
   Effect.async((resume) => {
     const length = buffer.length
     const step = (done: number) => {
-      if (done === length) return resume(Effect.succeed(buffer))
+      if (done === length) return resume(Effect.void)
       fs.read(fd, buffer, done, length - done, offset + done, (error, n) => {
         if (error) return resume(Effect.fail(systemFailure("read")(error)))
         if (n === 0 || (shortIsEnd && n < length - done)) {
           buffer.fill(0, done + n) // past the end of the file
-          return resume(Effect.succeed(buffer))
+          return resume(Effect.void)
         }
         step(done + n)
       })
@@ -60,6 +60,10 @@ export const writeAll = (fd: number, data: Uint8Array, offset: number): Effect.E
 /** How reads and writes reach the file. */
 export interface Io {
   readonly read: (offset: number, length: number) => Effect.Effect<Uint8Array, ProtocolError>
+  /** Reads all of `target` from `offset` (where reading into any buffer works). */
+  readonly readInto?: ((offset: number, target: Uint8Array) => Effect.Effect<void, ProtocolError>) | undefined
+  /** Reads all of `target` from `offset` if the page cache holds it, saying whether it did. */
+  readonly readIfCached?: ((offset: number, target: Uint8Array) => boolean) | undefined
   readonly write: (offset: number, data: Uint8Array) => Effect.Effect<void, ProtocolError>
 }
 
@@ -70,16 +74,28 @@ export interface Io {
  */
 export const buffered = (fd: number, readCached?: (fd: number, buffer: Uint8Array, offset: number) => number): Io => {
   let cachedReads = readCached !== undefined
+  const readInto = (offset: number, target: Uint8Array): Effect.Effect<void, ProtocolError> => {
+    if (!cachedReads || readCached === undefined) return readFully(fd, target, offset)
+    const n = readCached(fd, target, offset)
+    if (n === target.length) return Effect.void
+    if (n === -EOPNOTSUPP) cachedReads = false // the file system cannot tell: never again
+    if (n <= 0) return readFully(fd, target, offset)
+    return readFully(fd, target.subarray(n), offset + n)
+  }
   return {
     read: (offset, length) => {
       const buffer = Buffer.allocUnsafe(length)
-      if (!cachedReads || readCached === undefined) return readInto(fd, buffer, offset)
-      const n = readCached(fd, buffer, offset)
-      if (n === length) return Effect.succeed(buffer)
-      if (n === -EOPNOTSUPP) cachedReads = false // the file system cannot tell: never again
-      if (n <= 0) return readInto(fd, buffer, offset)
-      return Effect.as(readInto(fd, buffer.subarray(n), offset + n), buffer)
+      return Effect.as(readInto(offset, buffer), buffer)
     },
+    readInto,
+    ...(readCached === undefined ? {} : {
+      readIfCached: (offset: number, target: Uint8Array) => {
+        if (!cachedReads) return false
+        const n = readCached(fd, target, offset)
+        if (n === -EOPNOTSUPP) cachedReads = false
+        return n === target.length
+      }
+    }),
     write: (offset, data) => writeAll(fd, data, offset)
   }
 }
@@ -93,6 +109,8 @@ export const alignedBuffer = (length: number, address: (memory: ArrayBuffer) => 
   return new Uint8Array(memory, misalignment === 0 ? 0 : DIRECT_ALIGNMENT - misalignment, length)
 }
 
+const readAligned = (fd: number, buffer: Uint8Array, offset: number) => Effect.as(readFully(fd, buffer, offset, true), buffer)
+
 const isAligned = (offset: number, length: number) =>
   offset % DIRECT_ALIGNMENT === 0 && length % DIRECT_ALIGNMENT === 0
 
@@ -105,7 +123,7 @@ export const direct = (directFd: number, bufferedFd: number, address: (memory: A
   const viaCache = buffered(bufferedFd)
   return {
     read: (offset, length) =>
-      isAligned(offset, length) ? readInto(directFd, alignedBuffer(length, address), offset, true) : viaCache.read(offset, length),
+      isAligned(offset, length) ? readAligned(directFd, alignedBuffer(length, address), offset) : viaCache.read(offset, length),
     write: (offset, data) => {
       if (!isAligned(offset, data.length)) return viaCache.write(offset, data)
       const aligned = alignedBuffer(data.length, address)
@@ -115,18 +133,20 @@ export const direct = (directFd: number, bufferedFd: number, address: (memory: A
   }
 }
 
+/** Reads all of `target` from `offset` synchronously (zeroes past the end); throws Node's error. */
+export const readNowInto = (fd: number, offset: number, target: Uint8Array): void => {
+  const length = target.length
+  for (let done = 0; done < length;) {
+    const n = fs.readSync(fd, target, done, length - done, offset + done)
+    if (n === 0) return void target.fill(0, done)
+    done += n
+  }
+}
+
 /** Reads `length` bytes at `offset` synchronously (zeroes past the end); throws Node's error. */
 export const readNow = (fd: number, offset: number, length: number): Buffer => {
   const buffer = Buffer.allocUnsafe(length)
-  let done = 0
-  while (done < length) {
-    const n = fs.readSync(fd, buffer, done, length - done, offset + done)
-    if (n === 0) {
-      buffer.fill(0, done)
-      break
-    }
-    done += n
-  }
+  readNowInto(fd, offset, buffer)
   return buffer
 }
 
@@ -142,6 +162,8 @@ export const writeNow = (fd: number, offset: number, data: Uint8Array): void => 
 export const inMemory = (fd: number): Io => ({
   read: (offset, length) =>
     Effect.try({ try: () => readNow(fd, offset, length), catch: (error) => systemFailure("read")(error as NodeJS.ErrnoException) }),
+  readInto: (offset, target) =>
+    Effect.try({ try: () => readNowInto(fd, offset, target), catch: (error) => systemFailure("read")(error as NodeJS.ErrnoException) }),
   write: (offset, data) =>
     Effect.try({ try: () => writeNow(fd, offset, data), catch: (error) => systemFailure("write")(error as NodeJS.ErrnoException) })
 })

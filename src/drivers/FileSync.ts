@@ -1,9 +1,9 @@
 /**
  * `fdatasync` for the file driver on a worker thread of its own instead of libuv's thread
  * pool. The pool (4 threads unless `UV_THREADPOOL_SIZE` is set before it starts, which
- * an ES module entry point is too late for) also runs every read and write: a few
- * flushes of much dirty data would otherwise occupy all of it and stall unrelated cached
- * reads for as long as the disk takes.
+ * an ES module entry point is too late for; the command sets 16 in `bin/thread-pool.cjs`)
+ * also runs every read and write: a few flushes of much dirty data would otherwise occupy
+ * all of it and stall unrelated cached reads for as long as the disk takes.
  *
  * Flushes of one descriptor are grouped: while one `fdatasync` runs, the flushes that
  * arrive wait for the next, which starts when it ends and answers all of them (it

@@ -3,6 +3,12 @@
  * command, one completion per outcome, shared by the synchronous fast path (READ and
  * WRITE on handles with `sync`, answered without a fiber) and the Effect path.
  *
+ * READ on a handle with `readInto` (or `sync.readInto`) reads into a buffer of the
+ * connection's {@link ReadBuffers} pool, which takes it back once the reply is sent; with
+ * `readNow` as well, it is first tried synchronously (answered without a fiber when the
+ * driver has the bytes at hand). A WRITE payload that has to be copied (borrowed, or in
+ * several pieces) goes into a pooled buffer too when the handle says `writeCopies`.
+ *
  * Bytes and errors are counted in the export's metrics. With tracing on, every request
  * takes the Effect path inside an `nbd.request` span (export, command, offset, length,
  * and the errno of a failure); with it off, no span is made.
@@ -17,6 +23,7 @@ import type { Encoder } from "../protocol/Replies.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
 import { REQUEST_SPAN } from "../observability/Tracing.ts"
 import type { ExportMetrics } from "./Metrics.ts"
+import * as ReadBuffers from "./ReadBuffers.ts"
 import type { Request } from "./Request.ts"
 import { checkBounds } from "./RequestCheck.ts"
 
@@ -102,6 +109,11 @@ export const make = (ctx: ExecutionContext): Execution => {
     metrics.read(req.length)
     writer.write(encoder.read(req, req.length, pieces, (req.flags & CommandFlags.DF) !== 0))
   }
+  /** Sends a READ answered in a pooled buffer, which goes back to the pool once written. */
+  const readIntoDone = (req: Request, target: Uint8Array) => {
+    metrics.read(req.length)
+    writer.write(encoder.read(req, req.length, [target], (req.flags & CommandFlags.DF) !== 0), () => buffers.give(target))
+  }
   const written = (req: Request) => {
     metrics.written(req.length)
     ok(req)
@@ -118,6 +130,18 @@ export const make = (ctx: ExecutionContext): Execution => {
 
   // ---- the synchronous path -----------------------------------------------------------
   const sync = ctx.tracing ? undefined : handle.sync
+  const buffers = ReadBuffers.make()
+  /** Reads into a pooled buffer synchronously (the buffer goes back at once if the driver throws). */
+  const readIntoNow = (req: Request, readInto: (offset: number, target: Uint8Array) => void) => {
+    const target = buffers.take(req.length)
+    try {
+      readInto(req.offset, target)
+    } catch (cause) {
+      buffers.give(target)
+      throw cause
+    }
+    readIntoDone(req, target)
+  }
   /** READ and WRITE on a handle with synchronous operations (FUA only when native). */
   const runSync = (req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
     if (sync === undefined || (req.type !== Command.READ && req.type !== Command.WRITE)) return false
@@ -125,7 +149,10 @@ export const make = (ctx: ExecutionContext): Execution => {
     try {
       const outOfBounds = checkBounds(req, sync.size())
       if (outOfBounds !== undefined) fail(req, outOfBounds)
-      else if (req.type === Command.READ) readDone(req, sync.read(req.offset, req.length))
+      else if (req.type === Command.READ) {
+        if (sync.readInto !== undefined && req.length > 0) readIntoNow(req, sync.readInto)
+        else readDone(req, sync.read(req.offset, req.length))
+      }
       else {
         let at = req.offset
         for (const piece of payload) {
@@ -140,19 +167,57 @@ export const make = (ctx: ExecutionContext): Execution => {
     return true
   }
 
+  const readNow = ctx.tracing || handle.readInto === undefined ? undefined : handle.readNow
+  /** READ answered at once if the driver has the bytes at hand (false: take the Effect path). */
+  const runNow = (req: Request): boolean => {
+    if (readNow === undefined || req.type !== Command.READ || req.length === 0) return false
+    if (checkBounds(req, readNow.size()) !== undefined) return false // answered by the Effect path
+    const target = buffers.take(req.length)
+    try {
+      if (!readNow.into(req.offset, target)) {
+        buffers.give(target)
+        return false
+      }
+    } catch (cause) {
+      buffers.give(target)
+      defect(req, cause)
+      return true
+    }
+    readIntoDone(req, target)
+    return true
+  }
+
   // ---- the Effect path ----------------------------------------------------------------
   /** FUA on a handle without native FUA: follow the write with a flush. */
   const afterWrite = (req: Request) => (fuaOf(req) && !caps.fua && caps.flush ? handle.flush : Effect.void)
   const thenOk = (req: Request) => Effect.sync(() => ok(req))
+  /**
+   * READ into a pooled buffer. The buffer goes back to the pool when the reply is sent or
+   * the driver failed; if the request is interrupted (the driver may still be writing
+   * into it) it is dropped.
+   */
+  const readIntoPooled = (req: Request, readInto: NonNullable<DriverHandle["readInto"]>) =>
+    Effect.suspend(() => {
+      const target = buffers.take(req.length)
+      return readInto(req.offset, target).pipe(
+        Effect.tapError(() => Effect.sync(() => buffers.give(target))),
+        Effect.map(() => readIntoDone(req, target))
+      )
+    })
 
-  const dispatch = (req: Request, payload: ReadonlyArray<Uint8Array>): Effect.Effect<void, ProtocolError> => {
+  const dispatch = (req: Request, payload: ReadonlyArray<Uint8Array>, pooled: boolean): Effect.Effect<void, ProtocolError> => {
     const fua = fuaOf(req)
     switch (req.type) {
       case Command.READ:
-        return Effect.map(handle.read(req.offset, req.length), (data) => readDone(req, [data]))
+        return handle.readInto !== undefined && req.length > 0
+          ? readIntoPooled(req, handle.readInto)
+          : Effect.map(handle.read(req.offset, req.length), (data) => readDone(req, [data]))
       case Command.WRITE: {
         const data = payload.length === 1 ? payload[0]! : Buffer.concat(payload)
-        return handle.write(req.offset, data, { fua }).pipe(
+        const write = handle.write(req.offset, data, { fua })
+        // A pooled copy goes back once the driver is done with it (dropped if interrupted).
+        const release = Effect.sync(() => buffers.give(data))
+        return (pooled ? Effect.tapBoth(write, { onFailure: () => release, onSuccess: () => release }) : write).pipe(
           Effect.zipRight(afterWrite(req)),
           Effect.map(() => written(req))
         )
@@ -184,11 +249,11 @@ export const make = (ctx: ExecutionContext): Execution => {
     }
   }
 
-  const execute = (req: Request, payload: ReadonlyArray<Uint8Array>): Effect.Effect<void, ProtocolError> =>
+  const execute = (req: Request, payload: ReadonlyArray<Uint8Array>, pooled = false): Effect.Effect<void, ProtocolError> =>
     handle.size.pipe(
       Effect.flatMap((size) => {
         const outOfBounds = checkBounds(req, size)
-        return outOfBounds === undefined ? dispatch(req, payload) : Effect.fail(outOfBounds)
+        return outOfBounds === undefined ? dispatch(req, payload, pooled) : Effect.fail(outOfBounds)
       }),
       Effect.catchAllDefect((cause) =>
         Effect.zipRight(Effect.logError(`driver defect in ${commandName(req.type)}`, cause), Effect.fail(driverDefect))
@@ -216,9 +281,26 @@ export const make = (ctx: ExecutionContext): Execution => {
         Effect.sync(() => fail(req, error))
       ))
 
+  /** A WRITE payload copied into one pooled buffer, when it must be copied and the handle allows it. */
+  const pooledPayload = (req: Request, payload: ReadonlyArray<Uint8Array>): Uint8Array | undefined => {
+    if (req.type !== Command.WRITE || handle.writeCopies !== true || req.length === 0) return undefined
+    if (ctx.borrowedPayload !== true && payload.length === 1) return undefined // already one buffer of its own
+    const data = buffers.take(req.length)
+    let at = 0
+    for (const piece of payload) {
+      data.set(piece, at)
+      at += piece.length
+    }
+    return data
+  }
+
   return {
-    run: (req, payload) =>
-      runSync(req, payload) ? undefined : answered(req, execute(req, ctx.borrowedPayload === true ? owned(payload) : payload)),
+    run: (req, payload) => {
+      if (runSync(req, payload) || runNow(req)) return undefined
+      const pooled = pooledPayload(req, payload)
+      if (pooled !== undefined) return answered(req, execute(req, [pooled], true))
+      return answered(req, execute(req, ctx.borrowedPayload === true ? owned(payload) : payload))
+    },
     reject: (req, error) => {
       ctx.log(Effect.logDebug(`${commandName(req.type)} rejected: ${error.errno}: ${error.message}`))
       if (ctx.tracing) ctx.log(Effect.ignore(traced(req, Effect.fail(error))))

@@ -21,8 +21,12 @@ import * as WriteQueue from "./WriteQueue.ts"
 export interface FrameWriter {
   /** Queues the chunks of one frame, in order and uninterrupted by other frames. */
   readonly send: (chunks: ReadonlyArray<Uint8Array>) => Effect.Effect<void>
-  /** {@link send}, as a plain function (for synchronous hot paths). */
-  readonly write: (chunks: ReadonlyArray<Uint8Array>) => void
+  /**
+   * {@link send}, as a plain function (for synchronous hot paths). `sent` is called once
+   * the stream is done with every chunk of the frame, so that their memory may be reused;
+   * never if the stream fails or closes first.
+   */
+  readonly write: (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => void
   /** Sends what was written in this tick now rather than at the end of the tick. */
   readonly flush: () => void
   /** True while more than the high-water mark of bytes is queued. */
@@ -63,7 +67,7 @@ const firstEvent = (stream: Duplex, events: ReadonlyArray<string>, then?: () => 
 
 /** How frames reach the stream: corked per tick, or through a write queue. */
 interface Strategy {
-  readonly write: (chunks: ReadonlyArray<Uint8Array>) => void
+  readonly write: (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => void
   readonly flush: () => void
   /** Bytes not yet handed to the stream. */
   readonly held: () => number
@@ -79,15 +83,21 @@ const corking = (stream: Duplex): Strategy => {
     corked = false
     stream.uncork()
   }
-  const write = (chunks: ReadonlyArray<Uint8Array>) => {
+  const write = (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => {
     if (!corked) {
       corked = true
       stream.cork()
       process.nextTick(uncork)
     }
-    for (const chunk of chunks) {
-      if (chunk.length > 0) stream.write(chunk)
+    // The stream calls back writes in order: the last chunk's callback covers the frame.
+    let last = chunks.length - 1
+    while (last >= 0 && chunks[last]!.length === 0) last--
+    for (let i = 0; i < last; i++) {
+      if (chunks[i]!.length > 0) stream.write(chunks[i])
     }
+    if (last < 0) sent?.()
+    else if (sent === undefined) stream.write(chunks[last])
+    else stream.write(chunks[last], (error) => error == null && sent())
   }
   return { write, flush: uncork, held: () => 0, onProgress: () => {} }
 }
@@ -100,10 +110,14 @@ const queueing = (stream: Duplex): Strategy => {
     scheduled = false
     queue.kick()
   }
-  const write = (chunks: ReadonlyArray<Uint8Array>) => {
-    for (const chunk of chunks) {
-      if (chunk.length > 0) queue.push(chunk)
+  const write = (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => {
+    let last = chunks.length - 1
+    while (last >= 0 && chunks[last]!.length === 0) last--
+    for (let i = 0; i < last; i++) {
+      if (chunks[i]!.length > 0) queue.push(chunks[i]!)
     }
+    if (last < 0) sent?.()
+    else queue.push(chunks[last]!, sent)
     if (!scheduled) {
       scheduled = true
       process.nextTick(flush)
@@ -119,8 +133,8 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
   const writable = () => !stream.destroyed && !stream.writableEnded
   const strategy = (options.queued ?? stream instanceof TLSSocket) ? queueing(stream) : corking(stream)
 
-  const write = (chunks: ReadonlyArray<Uint8Array>) => {
-    if (writable()) strategy.write(chunks)
+  const write = (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => {
+    if (writable()) strategy.write(chunks, sent)
   }
 
   const send = (chunks: ReadonlyArray<Uint8Array>) => Effect.sync(() => write(chunks))

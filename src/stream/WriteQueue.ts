@@ -27,8 +27,12 @@ const MERGE_BUFFER_START = 64 * 1024
 
 /** A queue over one stream. */
 export interface WriteQueue {
-  /** Queues a chunk behind those queued before; writes start at {@link kick}. */
-  readonly push: (chunk: Uint8Array) => void
+  /**
+   * Queues a chunk behind those queued before; writes start at {@link kick}. `sent` is
+   * called once the queue and the stream are done with the chunk (after its write
+   * completed, or once it was merged into the queue's own buffer); never if writing fails.
+   */
+  readonly push: (chunk: Uint8Array, sent?: () => void) => void
   /** Starts writing queued chunks if no write is in flight. */
   readonly kick: () => void
   /** Bytes queued and not yet handed to the stream. */
@@ -40,6 +44,10 @@ export interface WriteQueue {
 /** Makes a write queue over a stream. */
 export const make = (stream: Duplex): WriteQueue => {
   let chunks: Array<Uint8Array> = []
+  /** The `sent` callback of each queued chunk, by the same index. */
+  let callbacks: Array<(() => void) | undefined> = []
+  /** The callback of the write in flight. */
+  let inFlightSent: (() => void) | undefined
   let head = 0
   let queued = 0
   let inFlight = false
@@ -58,6 +66,7 @@ export const make = (stream: Duplex): WriteQueue => {
 
   /** Takes the next write off the queue: one large chunk, or a run of small ones merged. */
   const take = (): Uint8Array => {
+    inFlightSent = callbacks[head]
     const first = chunks[head++]!
     if (first.length >= MERGE_BELOW) return first
     let end = head
@@ -70,19 +79,25 @@ export const make = (stream: Duplex): WriteQueue => {
     const merged = mergeSpace(size)
     merged.set(first, 0)
     let at = first.length
+    const copied = [inFlightSent]
     for (; head < end; head++) {
       merged.set(chunks[head]!, at)
       at += chunks[head]!.length
+      copied.push(callbacks[head])
     }
+    inFlightSent = undefined
+    for (const sent of copied) sent?.() // their bytes are in the merge buffer now
     return merged
   }
 
   const compact = () => {
     if (head === chunks.length) {
       chunks = []
+      callbacks = []
       head = 0
     } else if (head > 1024) {
       chunks = chunks.slice(head)
+      callbacks = callbacks.slice(head)
       head = 0
     }
   }
@@ -93,11 +108,14 @@ export const make = (stream: Duplex): WriteQueue => {
 
   const written = (error?: Error | null) => {
     inFlight = false
+    const sent = inFlightSent
+    inFlightSent = undefined
     if (error != null) {
       chunks = []
+      callbacks = []
       head = 0
       queued = 0
-    }
+    } else sent?.()
     kick()
     progressed()
   }
@@ -106,6 +124,7 @@ export const make = (stream: Duplex): WriteQueue => {
     if (inFlight || head === chunks.length) return
     if (stream.destroyed || stream.writableEnded) {
       chunks = []
+      callbacks = []
       head = 0
       queued = 0
       return progressed()
@@ -118,8 +137,9 @@ export const make = (stream: Duplex): WriteQueue => {
   }
 
   return {
-    push: (chunk) => {
+    push: (chunk, sent) => {
       chunks.push(chunk)
+      callbacks.push(sent)
       queued += chunk.length
     },
     kick,

@@ -65,10 +65,11 @@ describe("package.json exports", () => {
   it("runs the command from dist/ and ships only what users need", () => {
     const bin = fs.readFileSync(path.join(ROOT, pkg.bin["effect-nbd"]), "utf8")
     expect(bin.startsWith("#!/usr/bin/env node\n")).toBe(true)
-    expect(bin).toContain(`import "../dist/cli/main.js"`)
+    expect(bin).toContain(`require("./thread-pool.cjs")`)
+    expect(bin).toContain(`import("../dist/cli/main.js")`)
     expect(bin).not.toMatch(/tsx|\.ts"/)
     expect(pkg.files).toEqual(["dist", "bin"])
-    expect(pkg.scripts.start).toMatch(/^node bin\/effect-nbd\.js /)
+    expect(pkg.scripts.start).toMatch(/^node bin\/effect-nbd\.cjs /)
     expect(pkg.dependencies.tsx).toBeUndefined()
   })
 

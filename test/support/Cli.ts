@@ -10,7 +10,8 @@ const MiB = 1024 * 1024
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url))
 const MAIN = path.join(ROOT, "src", "cli", "main.ts")
-const CLI_ARGS = ["--import", "tsx", MAIN] as const
+/** As `npm run dev` runs it: the thread pool sized first (bin/thread-pool.cjs), then the sources through tsx. */
+const CLI_ARGS = ["--require", path.join(ROOT, "bin", "thread-pool.cjs"), "--import", "tsx", MAIN] as const
 
 /** How long a started CLI may take to print its URIs (tsx compiles on start-up). */
 export const START_TIMEOUT = 30_000
