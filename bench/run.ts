@@ -118,8 +118,9 @@ const negotiatedCipher = async (uri: string): Promise<string> => {
 }
 
 const USAGE =
-  "usage: npm run bench [-- [--quick] [--filters | --tls]]\n" +
-  "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies (report in bench/results/quick.md)\n" +
+  "usage: npm run bench [-- [--quick] [--rounds N] [--filters | --tls]]\n" +
+  "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies, one round (report in bench/results/quick.md)\n" +
+  "  --rounds N  rounds over all servers, interleaved, each server fresh; the report gives medians (default 3, quick 1)\n" +
   "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats, +dirty\n" +
   "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n" +
   "  --files     instead, the file driver against nbdkit's file plugin on tmpfs and disk (bench/results/files.md)\n" +
@@ -134,6 +135,8 @@ interface Args {
   readonly tls: boolean
   /** Whether to measure the file driver instead (`--files`). */
   readonly files: boolean
+  /** Rounds over all servers (`--rounds`); the report gives each workload's median. */
+  readonly rounds: number
 }
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
@@ -141,8 +144,17 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
   let filters = false
   let tls = false
   let files = false
-  for (const arg of argv) {
+  let rounds: number | undefined
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
     if (arg === "--quick") mode = MODES.quick
+    else if (arg === "--rounds") {
+      rounds = Number(argv[++i])
+      if (!Number.isInteger(rounds) || rounds < 1) {
+        process.stderr.write(`bench: --rounds takes a whole number of at least 1\n${USAGE}`)
+        process.exit(2)
+      }
+    }
     else if (arg === "--filters") filters = true
     else if (arg === "--tls") tls = true
     else if (arg === "--files") files = true
@@ -158,7 +170,14 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     process.stderr.write(`bench: --filters and --tls are separate runs\n${USAGE}`)
     process.exit(2)
   }
-  return { mode, filters, tls, files }
+  return { mode, filters, tls, files, rounds: rounds ?? (mode.name === "quick" ? 1 : 3) }
+}
+
+/** The median of some numbers (the mean of the middle two for an even count). */
+const median = (values: ReadonlyArray<number>): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
 }
 
 /** A markdown list item on one line. */
@@ -173,7 +192,7 @@ const suspiciousLines = (log: string): Array<string> =>
 const main = async (): Promise<number> => {
   installCleanup()
   if (process.argv.includes("--s3")) return runS3Bench(process.argv.slice(2), fileURLToPath(new URL("..", import.meta.url)))
-  const { files, filters, mode, tls } = parseArgs(process.argv.slice(2))
+  const { files, filters, mode, rounds, tls } = parseArgs(process.argv.slice(2))
   if (files) return runFiles(mode.name)
   const servers = tls ? TLS_SERVERS : serversOf(filters)
   const copies = tls ? [TLS_PREFILL, ...COPIES] : COPIES
@@ -201,15 +220,35 @@ const main = async (): Promise<number> => {
   process.on("exit", () => removeFile(randomFile))
   await createRandomFile(randomFile, mode.bytes)
 
-  const cells = new Map<string, Partial<Record<ServerId, Cell>>>()
-  const put = (row: string, server: ServerId, cell: Cell) => cells.set(row, { ...cells.get(row), [server]: cell })
+  // Each round's measurement of a row and server; the report gives the median (or an error if none succeeded).
+  const samples = new Map<string, Map<ServerId, Array<number>>>()
+  const errors = new Map<string, Map<ServerId, string>>()
+  const rowOf = <V>(table: Map<string, Map<ServerId, V>>, row: string): Map<ServerId, V> => {
+    const found = table.get(row)
+    if (found !== undefined) return found
+    const made = new Map<ServerId, V>()
+    table.set(row, made)
+    return made
+  }
+  const put = (row: string, server: ServerId, cell: Cell) => {
+    if (cell === undefined) return
+    if ("error" in cell) return rowOf(errors, row).set(server, cell.error)
+    const values = rowOf(samples, row)
+    values.set(server, [...(values.get(server) ?? []), cell.value])
+  }
+  const cellsOf = (row: string): Partial<Record<ServerId, Cell>> => {
+    const out: Partial<Record<ServerId, Cell>> = {}
+    for (const [server, error] of errors.get(row) ?? []) out[server] = { error }
+    for (const [server, values] of samples.get(row) ?? []) out[server] = { value: median(values) }
+    return out
+  }
   const failures: Array<string> = []
   const notes: Array<string> = []
   const ciphers: Array<string> = []
 
-  for (const { id: serverId, label } of servers) {
+  for (let round = 1; round <= rounds; round++) for (const { id: serverId, label } of servers) {
     if (isShuttingDown()) break
-    progress(`\n== ${label}`)
+    progress(`\n== ${label}${rounds > 1 ? ` (round ${round} of ${rounds})` : ""}`)
     let server: RunningServer
     try {
       server = await startServer(serverId, mode.bytes, repoRoot, credentials)
@@ -225,12 +264,12 @@ const main = async (): Promise<number> => {
     try {
       if (tls) {
         const cipher = await negotiatedCipher(server.uri)
-        ciphers.push(`${label}: ${cipher}`)
+        if (!ciphers.includes(`${label}: ${cipher}`)) ciphers.push(`${label}: ${cipher}`)
         progress(`   TLS: ${cipher}`)
       }
       for (const w of tls ? [] : [PREFILL, ...WORKLOADS]) {
         if (!server.alive() || isShuttingDown()) break
-        const result = await runFio(w, server.uri, mode.bytes, mode.timing, path.join(rawDir, `${serverId}-${w.id}.json`))
+        const result = await runFio(w, server.uri, mode.bytes, mode.timing, path.join(rawDir, `${serverId}-${w.id}${rounds > 1 ? `-${round}` : ""}.json`))
         if (result.stderr !== "") notes.push(`${label}, fio ${w.id} printed: ${result.stderr.split("\n").slice(0, 3).join(" | ")}`)
         const rows = FIO_ROWS.filter((row) => row.workload === w)
         if (result.ok) {
@@ -285,21 +324,21 @@ const main = async (): Promise<number> => {
       label: row.label,
       decimals: row.decimals,
       lowerIsBetter: row.lowerIsBetter,
-      cells: cells.get(row.id) ?? {}
+      cells: cellsOf(row.id)
     })),
     ...copies.map((copy) => ({
       label: copyRowLabel(copy, mode.bytes),
       decimals: 1,
       lowerIsBetter: false,
-      cells: cells.get(copy.id) ?? {}
+      cells: cellsOf(copy.id)
     })),
     ...(tls ? copies : []).map((copy) => ({
       label: copyRowLabel(copy, mode.bytes, "server CPU s per GiB"),
       decimals: 2,
       lowerIsBetter: true,
-      cells: cells.get(cpuRowId(copy.id)) ?? {}
+      cells: cellsOf(cpuRowId(copy.id))
     })),
-    { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cells.get("rss") ?? {} }
+    { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cellsOf("rss") }
   ]
   const totalSeconds = Number(process.hrtime.bigint() - startedAt) / 1e9
   const report = [
@@ -329,6 +368,7 @@ const main = async (): Promise<number> => {
               .join("; ")
         ]
       : []),
+    `- rounds: ${rounds}${rounds > 1 ? " over all servers in turn, each server started afresh per round; every figure is the median of the rounds" : ""}`,
     `- total bench time: ${totalSeconds.toFixed(1)} s`,
     "",
     renderTable(rows, servers, tls ? TLS_RATIOS : defaultRatios(servers)),
