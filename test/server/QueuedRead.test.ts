@@ -8,8 +8,9 @@ import * as Effect from "effect/Effect"
 import * as net from "node:net"
 import { describe, expect, it } from "vitest"
 import * as Client from "../../src/client/NbdClient.ts"
-import { Command, Option } from "../../src/protocol/Constants.ts"
+import { Command } from "../../src/protocol/Constants.ts"
 import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
+import { receiveAll, slowReader } from "../support/SlowReader.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const MiB = 1024 * 1024
@@ -40,36 +41,6 @@ const generationOf = (data: Buffer, offset: number): number | string => {
 
 const withClient = <A>(port: number, f: (client: Client.NbdClient) => Effect.Effect<A, unknown>) =>
   Effect.runPromise(Effect.scoped(Effect.flatMap(Client.connect(net.connect(port, "127.0.0.1")), f)))
-
-/** A client in transmission that does not read its socket until told. */
-const slowReader = async (port: number) => {
-  const socket = net.connect(port, "127.0.0.1")
-  socket.on("error", () => {})
-  await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
-  socket.pause()
-  const hello = Buffer.alloc(20)
-  hello.writeUInt32BE(3, 0) // FIXED_NEWSTYLE | NO_ZEROES
-  hello.writeBigUInt64BE(0x49484156454f5054n, 4)
-  hello.writeUInt32BE(Option.EXPORT_NAME, 12)
-  socket.write(hello)
-  return socket
-}
-
-const receiveAll = (socket: net.Socket, length: number): Promise<Buffer> =>
-  new Promise((resolve, reject) => {
-    const chunks: Array<Buffer> = []
-    let received = 0
-    const timer = setTimeout(() => reject(new Error(`received ${received} of ${length} bytes`)), 30_000)
-    socket.on("data", (chunk: Buffer) => {
-      chunks.push(chunk)
-      received += chunk.length
-      if (received >= length) {
-        clearTimeout(timer)
-        resolve(Buffer.concat(chunks))
-      }
-    })
-    socket.resume()
-  })
 
 describe.each(["stream", "owned"] as const)("a queued READ reply, %s receive path", (receiveBuffer) => {
   it("carries the old or the new data whole while its pages are trimmed and rewritten", { timeout: 60_000 }, async () => {

@@ -16,10 +16,11 @@ import { describe, expect, it } from "vitest"
 import * as Client from "../../src/client/NbdClient.ts"
 import * as Driver from "../../src/Driver.ts"
 import { protocolError } from "../../src/Errors.ts"
-import { Command, CommandFlags, Option } from "../../src/protocol/Constants.ts"
+import { Command, CommandFlags } from "../../src/protocol/Constants.ts"
 import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
 import * as ReadBuffers from "../../src/server/ReadBuffers.ts"
 import * as FrameWriter from "../../src/stream/FrameWriter.ts"
+import { receiveAll, slowReader } from "../support/SlowReader.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const MiB = 1024 * 1024
@@ -67,36 +68,6 @@ const stampDriver = (mode: "effect" | "sync") => {
   })
   return { driver, memories, reads: () => reads }
 }
-
-/** A client in transmission (old-style EXPORT_NAME, simple replies) that does not read its socket until told. */
-const slowReader = async (port: number) => {
-  const socket = net.connect(port, "127.0.0.1")
-  socket.on("error", () => {})
-  await new Promise<void>((resolve) => socket.once("connect", () => resolve()))
-  socket.pause()
-  const hello = Buffer.alloc(20)
-  hello.writeUInt32BE(3, 0) // FIXED_NEWSTYLE | NO_ZEROES
-  hello.writeBigUInt64BE(0x49484156454f5054n, 4)
-  hello.writeUInt32BE(Option.EXPORT_NAME, 12)
-  socket.write(hello)
-  return socket
-}
-
-const receiveAll = (socket: net.Socket, length: number): Promise<Buffer> =>
-  new Promise((resolve, reject) => {
-    const chunks: Array<Buffer> = []
-    let received = 0
-    const timer = setTimeout(() => reject(new Error(`received ${received} of ${length} bytes`)), 30_000)
-    socket.on("data", (chunk: Buffer) => {
-      chunks.push(chunk)
-      received += chunk.length
-      if (received >= length) {
-        clearTimeout(timer)
-        resolve(Buffer.concat(chunks))
-      }
-    })
-    socket.resume()
-  })
 
 const withClient = <A>(port: number, f: (client: Client.NbdClient) => Effect.Effect<A, unknown>) =>
   Effect.runPromise(Effect.scoped(Effect.flatMap(Client.connect(net.connect(port, "127.0.0.1")), f)))
