@@ -131,16 +131,26 @@ export const make = (ctx: ExecutionContext): Execution => {
   // ---- the synchronous path -----------------------------------------------------------
   const sync = ctx.tracing ? undefined : handle.sync
   const buffers = ReadBuffers.make()
-  /** Reads into a pooled buffer synchronously (the buffer goes back at once if the driver throws). */
-  const readIntoNow = (req: Request, readInto: (offset: number, target: Uint8Array) => void) => {
+  /**
+   * Reads into a pooled buffer synchronously and sends the reply; `false` (nothing sent) when
+   * `into` says it has not the bytes at hand. The buffer goes back at once unless sent, and a
+   * throw of the driver is rethrown.
+   */
+  const readIntoNow = (req: Request, into: (offset: number, target: Uint8Array) => boolean | void): boolean => {
     const target = buffers.take(req.length)
+    let done: boolean
     try {
-      readInto(req.offset, target)
+      done = into(req.offset, target) !== false
     } catch (cause) {
       buffers.give(target)
       throw cause
     }
+    if (!done) {
+      buffers.give(target)
+      return false
+    }
     readIntoDone(req, target)
+    return true
   }
   /** READ and WRITE on a handle with synchronous operations (FUA only when native). */
   const runSync = (req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
@@ -172,19 +182,12 @@ export const make = (ctx: ExecutionContext): Execution => {
   const runNow = (req: Request): boolean => {
     if (readNow === undefined || req.type !== Command.READ || req.length === 0) return false
     if (checkBounds(req, readNow.size()) !== undefined) return false // answered by the Effect path
-    const target = buffers.take(req.length)
     try {
-      if (!readNow.into(req.offset, target)) {
-        buffers.give(target)
-        return false
-      }
+      return readIntoNow(req, readNow.into)
     } catch (cause) {
-      buffers.give(target)
       defect(req, cause)
       return true
     }
-    readIntoDone(req, target)
-    return true
   }
 
   // ---- the Effect path ----------------------------------------------------------------

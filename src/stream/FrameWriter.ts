@@ -75,6 +75,24 @@ interface Strategy {
   readonly onProgress: (listener: () => void) => void
 }
 
+/**
+ * Hands the non-empty chunks of a frame to `put` in order, `sent` with the last of them
+ * (called at once when there is none).
+ */
+const eachChunk = (
+  chunks: ReadonlyArray<Uint8Array>,
+  sent: (() => void) | undefined,
+  put: (chunk: Uint8Array, sent?: () => void) => void
+): void => {
+  let last = chunks.length - 1
+  while (last >= 0 && chunks[last]!.length === 0) last--
+  for (let i = 0; i < last; i++) {
+    if (chunks[i]!.length > 0) put(chunks[i]!)
+  }
+  if (last < 0) sent?.()
+  else put(chunks[last]!, sent)
+}
+
 /** Frames written in the same tick are corked together and leave in one system call. */
 const corking = (stream: Duplex): Strategy => {
   let corked = false
@@ -83,6 +101,8 @@ const corking = (stream: Duplex): Strategy => {
     corked = false
     stream.uncork()
   }
+  const put = (chunk: Uint8Array, sent?: () => void) =>
+    sent === undefined ? stream.write(chunk) : stream.write(chunk, (error) => error == null && sent())
   const write = (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => {
     if (!corked) {
       corked = true
@@ -90,14 +110,7 @@ const corking = (stream: Duplex): Strategy => {
       process.nextTick(uncork)
     }
     // The stream calls back writes in order: the last chunk's callback covers the frame.
-    let last = chunks.length - 1
-    while (last >= 0 && chunks[last]!.length === 0) last--
-    for (let i = 0; i < last; i++) {
-      if (chunks[i]!.length > 0) stream.write(chunks[i])
-    }
-    if (last < 0) sent?.()
-    else if (sent === undefined) stream.write(chunks[last])
-    else stream.write(chunks[last], (error) => error == null && sent())
+    eachChunk(chunks, sent, put)
   }
   return { write, flush: uncork, held: () => 0, onProgress: () => {} }
 }
@@ -111,13 +124,7 @@ const queueing = (stream: Duplex): Strategy => {
     queue.kick()
   }
   const write = (chunks: ReadonlyArray<Uint8Array>, sent?: () => void) => {
-    let last = chunks.length - 1
-    while (last >= 0 && chunks[last]!.length === 0) last--
-    for (let i = 0; i < last; i++) {
-      if (chunks[i]!.length > 0) queue.push(chunks[i]!)
-    }
-    if (last < 0) sent?.()
-    else queue.push(chunks[last]!, sent)
+    eachChunk(chunks, sent, queue.push)
     if (!scheduled) {
       scheduled = true
       process.nextTick(flush)

@@ -102,6 +102,14 @@ export const make = (stream: Duplex): WriteQueue => {
     }
   }
 
+  /** Forgets every queued chunk (the stream failed or closed): their callbacks are never called. */
+  const dropQueued = () => {
+    chunks = []
+    callbacks = []
+    head = 0
+    queued = 0
+  }
+
   const progressed = () => {
     for (const listener of listeners) listener()
   }
@@ -110,12 +118,8 @@ export const make = (stream: Duplex): WriteQueue => {
     inFlight = false
     const sent = inFlightSent
     inFlightSent = undefined
-    if (error != null) {
-      chunks = []
-      callbacks = []
-      head = 0
-      queued = 0
-    } else sent?.()
+    if (error != null) dropQueued()
+    else sent?.()
     kick()
     progressed()
   }
@@ -123,10 +127,7 @@ export const make = (stream: Duplex): WriteQueue => {
   const kick = () => {
     if (inFlight || head === chunks.length) return
     if (stream.destroyed || stream.writableEnded) {
-      chunks = []
-      callbacks = []
-      head = 0
-      queued = 0
+      dropQueued()
       return progressed()
     }
     const chunk = take()
