@@ -374,16 +374,22 @@ export class ObjectCache {
     })
   }
 
+  /**
+   * Whether a read piece is served through the cache: its object is cached, or is to be
+   * (caching is on and the read is sequential or covers the whole object); else it is a
+   * ranged GET that caches nothing.
+   */
+  private fromCache(piece: Piece, sequential: boolean): boolean {
+    return this.entries.has(piece.index) ||
+      (this.options.caching() && (sequential || piece.length === this.lengthOf(piece.index)))
+  }
+
   /** Copies a piece of an object into `out` (a hole leaves `out`'s zeroes). */
   private readPiece(piece: Piece, out: Uint8Array, whole: boolean): Effect.Effect<void, S3Failure> {
     const copy = (data: Uint8Array | null) => {
       if (data !== null) out.set(data.subarray(piece.start, piece.start + piece.length), piece.done)
     }
-    const cached = this.entries.get(piece.index)
-    const keep = this.options.caching() && (whole || piece.length === this.lengthOf(piece.index))
-    if (cached !== undefined || keep) {
-      return Effect.map(this.load(piece.index), (entry) => copy(entry.data))
-    }
+    if (this.fromCache(piece, whole)) return Effect.map(this.load(piece.index), (entry) => copy(entry.data))
     if (this.exists(piece.index) === false) return Effect.void
     return this.downloadPermits.withPermits(1)(
       this.options.store.getRange(this.key(piece.index), piece.start, piece.length)
@@ -424,8 +430,7 @@ export class ObjectCache {
    * for a read that is not cached (a ranged GET).
    */
   private lendPiece(piece: Piece, sequential: boolean): Effect.Effect<Uint8Array, S3Failure> | undefined {
-    const whole = piece.length === this.lengthOf(piece.index)
-    if (!this.entries.has(piece.index) && !(this.options.caching() && (sequential || whole))) return undefined
+    if (!this.fromCache(piece, sequential)) return undefined
     return Effect.map(this.load(piece.index), (entry) => {
       if (entry.data === null) return new Uint8Array(piece.length)
       entry.lent = true
