@@ -151,6 +151,25 @@ export interface ReadNow {
 }
 
 /**
+ * A WRITE done at once when that needs no waiting, for drivers whose writes usually end
+ * without blocking but not always (a file whose writes the page cache absorbs until the
+ * kernel throttles them): the server tries it, with the payload's pieces as received,
+ * before starting a fiber for the request. FUA writes always take the Effect path.
+ */
+export interface WriteNow {
+  /** The current size (as the handle's `size`). */
+  readonly size: () => number
+  /**
+   * Writes all of `pieces` (consecutive, from `offset`) if it can without waiting: `true`
+   * when written, `false` when it wrote nothing and the server is to write through
+   * `write`, or the error the client is answered with. The pieces may be views of the
+   * server's receive buffer: no reference is kept once it returns. A throw is a defect,
+   * answered EIO.
+   */
+  readonly write: (offset: number, pieces: ReadonlyArray<Uint8Array>) => boolean | ProtocolError
+}
+
+/**
  * A meta context a handle answers for BLOCK_STATUS besides `base:allocation` (which comes
  * from {@link DriverHandle.blockStatus}), such as `qemu:allocation-depth` or
  * `qemu:dirty-bitmap:NAME`. Its extents' flags are defined by its namespace.
@@ -178,6 +197,8 @@ export interface DriverHandle {
   readonly readInto?: ((offset: number, target: Uint8Array) => Effect.Effect<void, ProtocolError>) | undefined
   /** Optional: READ answered at once where possible (see {@link ReadNow}); used only with `readInto`. */
   readonly readNow?: ReadNow | undefined
+  /** Optional: WRITE done at once where possible (see {@link WriteNow}). */
+  readonly writeNow?: WriteNow | undefined
   /**
    * `write` keeps no reference to `data` once its effect ended (it copied the bytes), so
    * a payload the server has to gather or copy anyway goes into a buffer of the
@@ -294,6 +315,7 @@ export const make = (options: DriverOptions): NbdDriverShape => {
     read: options.read,
     readInto: options.readInto,
     readNow: options.readNow,
+    writeNow: write === undefined ? undefined : options.writeNow,
     writeCopies: options.writeCopies,
     write: writeOrFail,
     flush: options.flush ?? unsupported("flush"),
@@ -321,8 +343,9 @@ export const make = (options: DriverOptions): NbdDriverShape => {
  * replaces none of `size`, `read` and `write`; a filter that does may give its own
  * `sync` (or `sync: undefined` to drop it explicitly). Likewise `readInto` passes through
  * only when the filter does not replace `read`, `readNow` only when it replaces none
- * of `size`, `read` and `readInto`, and `writeCopies` only when it does not replace
- * `write`, unless it gives its own.
+ * of `size`, `read` and `readInto`, `writeNow` only when it replaces none of `size`,
+ * `read` and `write`, and `writeCopies` only when it does not replace `write`, unless it
+ * gives its own.
  */
 export type HandleOverrides =
   & Partial<Omit<DriverHandle, "capabilities">>
@@ -339,6 +362,7 @@ export const override = (below: DriverHandle, overrides: HandleOverrides): Drive
     : changesData || overrides.readInto !== undefined
     ? undefined
     : below.readNow
+  const writeNow = "writeNow" in overrides ? overrides.writeNow : changesData ? undefined : below.writeNow
   const writeCopies = "writeCopies" in overrides ? overrides.writeCopies : overrides.write !== undefined ? undefined : below.writeCopies
   return {
     ...below,
@@ -347,6 +371,7 @@ export const override = (below: DriverHandle, overrides: HandleOverrides): Drive
     sync,
     readInto,
     readNow,
+    writeNow,
     writeCopies
   }
 }

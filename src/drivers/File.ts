@@ -17,7 +17,10 @@
  * - A file on tmpfs or ramfs, whose pages never wait for a disk, is read and written
  *   synchronously on the event loop (the server's fast path, as for the memory driver; a
  *   failed write there, such as a full tmpfs, is answered EIO rather than ENOSPC); other
- *   files through libuv's thread pool (see `bin/thread-pool.cjs` for its size).
+ *   files through libuv's thread pool (see `bin/thread-pool.cjs` for its size), but for
+ *   writes of up to 1 MiB through the page cache, made at once on the event loop while
+ *   they are quick (`FileQuickWrites.ts`: timed, and sent to the thread pool for a while
+ *   after a slow one).
  * - READ fills buffers the server lends from a pool of the connection (`readInto`), but
  *   with `cache=none`, whose reads need aligned buffers of their own. A read the page
  *   cache holds is answered at once on the event loop (`preadv2` with `RWF_NOWAIT`,
@@ -53,6 +56,7 @@ import * as Calls from "./FileCalls.ts"
 import * as Io from "./FileIo.ts"
 import { type CacheMode, currentSize, type FadviseMode, open } from "./FileOpen.ts"
 import * as Space from "./FileSpace.ts"
+import * as QuickWrites from "./FileQuickWrites.ts"
 import * as FileSync from "./FileSync.ts"
 
 /** Options of the file driver. */
@@ -131,8 +135,10 @@ export const makeSized = (
       deviceZeroesFast: opened.deviceZeroesFast,
       writeZeroes: (offset, length) => writeZeroes(offset, length, { fua: false, noHole: true, fastZero: false })
     })
+    const quick = readOnly || inMemory || opened.directFd !== undefined ? undefined : QuickWrites.make(fd)
     const writable = readOnly ? {} : {
       write: (offset: number, data: Uint8Array) => io.write(offset, data),
+      ...(quick === undefined ? {} : { writeNow: { size: () => size, write: quick.write } }),
       writeCopies: true, // the kernel (or the aligned copy of O_DIRECT) has the bytes once a write ends
       ...(space === undefined ? {} : { trim: space.trim, writeZeroes: space.writeZeroes }),
       ...(kind === "file"

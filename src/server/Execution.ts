@@ -6,7 +6,8 @@
  * READ on a handle with `readInto` (or `sync.readInto`) reads into a buffer of the
  * connection's {@link ReadBuffers} pool, which takes it back once the reply is sent; with
  * `readNow` as well, it is first tried synchronously (answered without a fiber when the
- * driver has the bytes at hand). A WRITE payload that has to be copied (borrowed, or in
+ * driver has the bytes at hand). A WRITE is likewise first offered to `writeNow` with its
+ * pieces as received. A WRITE payload that has to be copied (borrowed, or in
  * several pieces) goes into a pooled buffer too when the handle says `writeCopies`.
  *
  * Bytes and errors are counted in the export's metrics. With tracing on, every request
@@ -190,6 +191,27 @@ export const make = (ctx: ExecutionContext): Execution => {
     }
   }
 
+  const writeNow = ctx.tracing ? undefined : handle.writeNow
+  /** WRITE (not FUA) done at once if the driver can without waiting (false: take the Effect path). */
+  const runWriteNow = (req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
+    if (writeNow === undefined || req.type !== Command.WRITE || req.length === 0 || fuaOf(req)) return false
+    if (checkBounds(req, writeNow.size()) !== undefined) return false // answered by the Effect path
+    let outcome: boolean | ProtocolError
+    try {
+      outcome = writeNow.write(req.offset, payload)
+    } catch (cause) {
+      defect(req, cause)
+      return true
+    }
+    if (outcome === false) return false
+    if (outcome === true) written(req)
+    else {
+      ctx.log(Effect.logDebug(`WRITE failed: ${outcome.errno}: ${outcome.message}`))
+      fail(req, outcome)
+    }
+    return true
+  }
+
   // ---- the Effect path ----------------------------------------------------------------
   /** FUA on a handle without native FUA: follow the write with a flush. */
   const afterWrite = (req: Request) => (fuaOf(req) && !caps.fua && caps.flush ? handle.flush : Effect.void)
@@ -299,7 +321,7 @@ export const make = (ctx: ExecutionContext): Execution => {
 
   return {
     run: (req, payload) => {
-      if (runSync(req, payload) || runNow(req)) return undefined
+      if (runSync(req, payload) || runNow(req) || runWriteNow(req, payload)) return undefined
       const pooled = pooledPayload(req, payload)
       if (pooled !== undefined) return answered(req, execute(req, [pooled], true))
       return answered(req, execute(req, ctx.borrowedPayload === true ? owned(payload) : payload))
