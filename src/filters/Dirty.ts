@@ -39,7 +39,6 @@ import * as Driver from "../Driver.ts"
 import { type ProtocolError, protocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { FilterPlugin } from "../Plugin.ts"
-import * as DirtyAdmin from "./DirtyAdmin.ts"
 import { DirtyError } from "./DirtyState.ts"
 import {
   DEFAULT_BITMAP,
@@ -55,7 +54,12 @@ import {
 const track = (options: DirtyOptions) =>
   Effect.tap(
     makeTracker(options),
-    (tracker) => options.control === undefined ? Effect.void : DirtyAdmin.serve(tracker.control, options.control)
+    (tracker) => {
+      const path = options.control
+      if (path === undefined) return Effect.void
+      // Loaded only when asked for: the HTTP server's modules cost the process about 20 MiB.
+      return Effect.flatMap(Effect.promise(() => import("./DirtyAdmin.ts")), (admin) => admin.serve(tracker.control, path))
+    }
   )
 
 export { DirtyBitmap } from "./DirtyBitmap.ts"
