@@ -15,7 +15,7 @@ import { randomBytes } from "node:crypto"
 import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
 import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
 import { failure, hasExited, isShuttingDown, runToCompletion, spawnTracked, stop } from "./proc.ts"
-import { freePort } from "./servers.ts"
+import { effectNbdArgs, freePort } from "./servers.ts"
 
 const MiB = 2 ** 20
 const GiB = 2 ** 30
@@ -63,7 +63,7 @@ const startServer = async (name: ServerName, image: string, repoRoot: string): P
   const pidFile = path.join(os.tmpdir(), `effect-nbd-bench-files-${process.pid}.pid`)
   rmSync(pidFile, { force: true })
   const child = name === "effect-nbd file"
-    ? spawnTracked(process.execPath, ["--require", "./bin/thread-pool.cjs", "--import", "tsx", "src/cli/main.ts", "file", image, "--host", "127.0.0.1", "--port", String(port)], repoRoot)
+    ? spawnTracked(process.execPath, effectNbdArgs(["file", image, "--host", "127.0.0.1", "--port", String(port)]), repoRoot)
     : spawnTracked("nbdkit", ["--foreground", "--exit-with-parent", "-P", pidFile, "-p", String(port), "-i", "127.0.0.1", "file", image])
   let output = ""
   child.stdout?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk))

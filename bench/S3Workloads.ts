@@ -30,7 +30,7 @@ import * as Ceph from "../test/s3/Ceph.ts"
 import { type FioWorkload, runFio } from "./fio.ts"
 import { createRandomFile, type CopyRun, removeFile, runCopy } from "./nbdcopy.ts"
 import { hasExited, isShuttingDown, spawnTracked, stop } from "./proc.ts"
-import { freePort } from "./servers.ts"
+import { effectNbdArgs, freePort } from "./servers.ts"
 
 const MiB = 2 ** 20
 const GiB = 2 ** 30
@@ -182,7 +182,7 @@ interface Server {
 /** Starts `effect-nbd s3 BUCKET/PREFIX` on `gateway` from `root`, once it announces its export. */
 const startServer = async (root: string, prefix: string, gateway: string): Promise<Server> => {
   const port = await freePort()
-  const args = ["--import", "tsx", "src/cli/main.ts", "s3", `${BUCKET}/${prefix}`, `endpoint=${gateway}`, "--host", "127.0.0.1", "--port", String(port)]
+  const args = effectNbdArgs(["s3", `${BUCKET}/${prefix}`, `endpoint=${gateway}`, "--host", "127.0.0.1", "--port", String(port)])
   Object.assign(process.env, Ceph.awsEnv(gateway))
   const child = spawnTracked(process.execPath, args, root)
   let output = ""

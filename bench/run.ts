@@ -32,7 +32,7 @@ import { fileURLToPath } from "node:url"
 import { type FioResult, type FioTiming, type FioWorkload, PREFILL, runFio, WORKLOADS } from "./fio.ts"
 import { COPIES, type CopyRun, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
 import { installCleanup, isShuttingDown, runToCompletion, stopAll } from "./proc.ts"
-import { filterArgs, type RunningServer, type ServerId, serversOf, startServer, TLS_SERVERS } from "./servers.ts"
+import { buildEffectNbd, filterArgs, type RunningServer, type ServerId, serversOf, startServer, TLS_SERVERS } from "./servers.ts"
 import { barsOf, renderChart } from "./chart.ts"
 import { formatSystemInfo, systemInfo } from "./system.ts"
 import {
@@ -191,8 +191,13 @@ const suspiciousLines = (log: string): Array<string> =>
 
 const main = async (): Promise<number> => {
   installCleanup()
-  if (process.argv.includes("--s3")) return runS3Bench(process.argv.slice(2), fileURLToPath(new URL("..", import.meta.url)))
+  const root = fileURLToPath(new URL("..", import.meta.url))
+  if (process.argv.includes("--s3")) {
+    buildEffectNbd(root)
+    return runS3Bench(process.argv.slice(2), root)
+  }
   const { files, filters, mode, rounds, tls } = parseArgs(process.argv.slice(2))
+  buildEffectNbd(root)
   if (files) return runFiles(mode.name)
   const servers = tls ? TLS_SERVERS : serversOf(filters)
   const copies = tls ? [TLS_PREFILL, ...COPIES] : COPIES

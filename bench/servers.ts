@@ -217,7 +217,20 @@ const tlsSide = (id: ServerId, credentials: TlsCredentials | undefined) => {
 }
 
 /**
- * effect-nbd, run as `node --import tsx src/cli/main.ts memory SIZE --port 0 [--filter SPEC]...`
+ * Builds dist/ from the working tree (`.ci/build.js`, as `npm run build`), so that the bench
+ * runs effect-nbd as an installed package runs it: the `bin/effect-nbd.cjs` command on the
+ * compiled JavaScript (without a TypeScript loader's own memory and start-up in the figures).
+ */
+export const buildEffectNbd = (repoRoot: string): void => {
+  const built = spawnSync(process.execPath, [".ci/build.js"], { cwd: repoRoot, stdio: "inherit" })
+  if (built.status !== 0) throw new Error("bench: building effect-nbd (node .ci/build.js) failed")
+}
+
+/** The node arguments that run the effect-nbd command with `args` (see {@link buildEffectNbd}). */
+export const effectNbdArgs = (args: ReadonlyArray<string>): Array<string> => ["bin/effect-nbd.cjs", ...args]
+
+/**
+ * effect-nbd, run as `node bin/effect-nbd.cjs memory SIZE --port 0 [--filter SPEC]...`
  * (so the PID is the server), or with `--tls require` and its credentials for a TLS id.
  */
 const startEffectNbd = (
@@ -229,10 +242,7 @@ const startEffectNbd = (
   const tls = tlsSide(id, credentials)
   const child = spawnTracked(
     process.execPath,
-    [
-      "--import",
-      "tsx",
-      "src/cli/main.ts",
+    effectNbdArgs([
       "memory",
       String(sizeBytes),
       "--host",
@@ -241,7 +251,7 @@ const startEffectNbd = (
       "0",
       ...filterArgs(id),
       ...(tls === undefined ? [] : ["--tls", "require", ...tls.file])
-    ],
+    ]),
     repoRoot
   )
   return supervise(id, child, async (log, waiting) => {
