@@ -4,8 +4,9 @@
  * pages takes microseconds, far less than a round trip through libuv's thread pool; but
  * it can block for milliseconds once the kernel throttles writers (too many dirty pages),
  * or when a partial page must first be read from the disk. So every write made here is
- * timed, and after one that was slow the driver sends its writes through the thread pool
- * for a while: 100 ms at first, twice as long after each slow write that follows within
+ * timed, and after one that was slow (over {@link SLOW_WRITE_MS}: page reclaim alone makes a
+ * few writes take 2 to 6 ms, a throttled writer waits tens of them) the driver sends its
+ * writes through the thread pool for a while: 100 ms at first, twice as long after each slow write that follows within
  * four such pauses (at most 10 s), back to 100 ms after a quiet time.
  *
  * Writes larger than {@link QUICK_WRITE_MAX} always go through the thread pool, where
@@ -21,7 +22,7 @@ import { systemFailure } from "./FileIo.ts"
 /** The largest write made on the event loop (bytes). */
 export const QUICK_WRITE_MAX = 1024 * 1024
 /** A write on the event loop that took longer than this (ms) sends writes to the thread pool for a while. */
-export const SLOW_WRITE_MS = 2
+export const SLOW_WRITE_MS = 10
 const FIRST_PAUSE_MS = 100
 const LONGEST_PAUSE_MS = 10_000
 

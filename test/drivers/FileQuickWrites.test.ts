@@ -15,6 +15,8 @@ import * as QuickWrites from "../../src/drivers/FileQuickWrites.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 
 const FD = 42
+/** How long a slow write takes in these tests (ms). */
+const SLOW = QuickWrites.SLOW_WRITE_MS + 3
 
 /** A system error as Node.js throws it. */
 const systemError = (code: string): NodeJS.ErrnoException =>
@@ -79,7 +81,7 @@ describe("quick writes: the pause after a slow write", () => {
     const expected = [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
     let at = 0
     for (const ms of expected) {
-      const slow = writeAt(at, 5)
+      const slow = writeAt(at, SLOW)
       expect(slow.outcome).toBe(true)
       expectPause(quick, slow.end, ms)
       at = slow.end + ms // the first moment writes are made again
@@ -88,9 +90,9 @@ describe("quick writes: the pause after a slow write", () => {
 
   it("keeps doubling for a slow write within four pauses of the previous one", () => {
     const { quick, writeAt } = harness()
-    const first = writeAt(0, 5)
+    const first = writeAt(0, SLOW)
     expectPause(quick, first.end, 100)
-    const second = writeAt(first.end + 399 - 5, 5) // ends 399 ms after the first
+    const second = writeAt(first.end + 399 - SLOW, SLOW) // ends 399 ms after the first
     expectPause(quick, second.end, 200)
   })
 
@@ -99,15 +101,15 @@ describe("quick writes: the pause after a slow write", () => {
     let at = 0
     let lastEnd = 0
     for (const ms of [100, 200, 400]) {
-      lastEnd = writeAt(at, 5).end
+      lastEnd = writeAt(at, SLOW).end
       expectPause(quick, lastEnd, ms)
       at = lastEnd + ms
     }
     // Quick writes in between change nothing.
     for (let i = 0; i < 10; i++) expect(writeAt(at + i * 100, 1).outcome).toBe(true)
-    const later = writeAt(lastEnd + 4 * 400 - 5, 5) // ends four pauses after the previous slow one
+    const later = writeAt(lastEnd + 4 * 400 - SLOW, SLOW) // ends four pauses after the previous slow one
     expectPause(quick, later.end, 100)
-    const next = writeAt(later.end + 100, 5)
+    const next = writeAt(later.end + 100, SLOW)
     expectPause(quick, next.end, 200)
   })
 
@@ -116,11 +118,11 @@ describe("quick writes: the pause after a slow write", () => {
     let at = 0
     let end = 0
     for (const ms of [100, 200, 400, 800, 1600, 3200, 6400, 10_000]) {
-      end = writeAt(at, 5).end
+      end = writeAt(at, SLOW).end
       expectPause(quick, end, ms)
       at = end + ms
     }
-    const quiet = writeAt(end + 40_000, 5)
+    const quiet = writeAt(end + 40_000, SLOW)
     expectPause(quick, quiet.end, 100)
   })
 })
@@ -234,9 +236,9 @@ describe("writePiecesNow and quick writes on a real file", () => {
     const { fd, file } = freshFile()
     try {
       const quick = QuickWrites.make(fd)
-      expect(quick.write(10, [pattern(20, 5), pattern(30, 6)])).toBe(true)
+      expect(quick.write(10, [pattern(20, SLOW), pattern(30, 6)])).toBe(true)
       const expected = new Uint8Array(60)
-      expected.set(pattern(20, 5), 10)
+      expected.set(pattern(20, SLOW), 10)
       expected.set(pattern(30, 6), 30)
       expectBytes(fs.readFileSync(file), expected)
     } finally {
