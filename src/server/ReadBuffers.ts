@@ -19,7 +19,7 @@ export const LARGEST = 4 * 1024 * 1024
 /**
  * Bytes of free buffers kept per connection; more are dropped when given back. Free
  * buffers never exceed what was in flight at once (replies queued up to the writer's
- * high-water mark, 16 MiB by default, and the requests running), so this is about the
+ * high-water mark, 4 MiB by default, and the requests running), so this is about the
  * most a busy connection holds between bursts.
  */
 export const IDLE_BYTES = 32 * 1024 * 1024

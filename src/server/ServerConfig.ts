@@ -22,7 +22,12 @@ export interface ServerConfig {
   readonly maxInFlightBytes: number
   /** Unread received bytes above which a connection stops reading its socket. */
   readonly readHighWaterMark: number
-  /** Queued reply bytes above which a connection stops taking requests. */
+  /**
+   * Queued reply bytes above which a connection stops taking requests. Kept small (4 MiB by
+   * default) so that a READ's bytes are still in the processor's cache when the socket
+   * copies them: with 16 MiB, four connections copying out of a file ran at 0.7-0.8x of
+   * one-connection speed per byte of CPU.
+   */
   readonly writeHighWaterMark: number
   /** Offer extended headers (experimental extension: 64-bit lengths, 32-byte headers). */
   readonly extendedHeaders: boolean
@@ -62,7 +67,7 @@ export const defaults: ServerConfig = {
   maxInFlight: 64,
   maxInFlightBytes: 128 * 1024 * 1024,
   readHighWaterMark: 4 * 1024 * 1024,
-  writeHighWaterMark: 16 * 1024 * 1024,
+  writeHighWaterMark: 4 * 1024 * 1024,
   extendedHeaders: true,
   drainTimeoutMillis: 30_000,
   shutdownGraceMillis: 5_000,
