@@ -4,7 +4,7 @@
  * WRITE_ZEROES with and without NO_HOLE, FAST_ZERO, block status from the file's holes,
  * RESIZE, cache=none and refused file types.
  */
-import { afterAll, describe, expect, it } from "@effect/vitest"
+import { describe, expect, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
@@ -20,6 +20,7 @@ import { TransmissionFlags } from "../../src/protocol/Constants.ts"
 import * as Testing from "../../src/testing/Handle.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 import { exportsOf, serverStream } from "../support/InProcess.ts"
+import { sparseFiles } from "../support/SparseFiles.ts"
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -30,18 +31,8 @@ const places = [
   ...(fs.existsSync("/dev/shm") ? [{ name: "tmpfs", root: "/dev/shm" }] : [])
 ]
 
-const dirs: Array<string> = []
-afterAll(() => dirs.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })))
-
 /** A fresh sparse file of `size` bytes under `root`. */
-const sparseFile = (root: string, size: number): string => {
-  const dir = fs.mkdtempSync(path.join(root, "effect-nbd-file-"))
-  dirs.push(dir)
-  const file = path.join(dir, "disk.img")
-  fs.writeFileSync(file, Buffer.alloc(0))
-  fs.truncateSync(file, size)
-  return file
-}
+const sparseFile = sparseFiles("effect-nbd-file-")
 
 /** Bytes the file occupies on its file system. */
 const allocated = (file: string): number => fs.statSync(file).blocks * 512

@@ -14,7 +14,7 @@ import * as fs from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { afterAll, describe, expect, it } from "vitest"
+import { describe, expect, it } from "vitest"
 import * as Client from "../../src/client/NbdClient.ts"
 import * as Driver from "../../src/Driver.ts"
 import * as FileDriver from "../../src/drivers/File.ts"
@@ -24,6 +24,7 @@ import { type ErrnoName, protocolError } from "../../src/Errors.ts"
 import { CommandFlags } from "../../src/protocol/Constants.ts"
 import * as Testing from "../../src/testing/Handle.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
+import { sparseFiles } from "../support/SparseFiles.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const KiB = 1024
@@ -255,8 +256,6 @@ describe("writeNow on the driver and through filters", () => {
 })
 
 describe("the file driver's quick writes", () => {
-  const dirs: Array<string> = []
-  afterAll(() => dirs.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })))
 
   /** A directory on a disk-backed file system (the repository's ignored tmp/ if the system's is in memory). */
   const diskRoot = (): string => {
@@ -267,14 +266,7 @@ describe("the file driver's quick writes", () => {
   }
 
   /** A fresh sparse file of `size` bytes under `root`. */
-  const sparseFile = (root: string, size: number): string => {
-    const dir = fs.mkdtempSync(path.join(root, "effect-nbd-write-now-"))
-    dirs.push(dir)
-    const file = path.join(dir, "disk.img")
-    fs.writeFileSync(file, Buffer.alloc(0))
-    fs.truncateSync(file, size)
-    return file
-  }
+  const sparseFile = sparseFiles("effect-nbd-write-now-")
 
   /** The handle of a file driver, for a check run while it is open. */
   const withHandle = <A>(options: FileDriver.FileOptions, f: (handle: Driver.DriverHandle) => Effect.Effect<A, unknown>) =>
