@@ -57,6 +57,31 @@ interface SocketInternals {
 
 const sources = new WeakMap<Duplex, OwnedSource>()
 
+/** Receive buffers of closed connections kept for new ones, at most this many (8 MiB with the default 1 MiB buffers). */
+export const POOLED_BUFFERS = 8
+
+/**
+ * Receive buffers of closed connections: a new connection takes one of its size instead of
+ * allocating, which spares a short-lived connection (a client asking for the export list,
+ * say) the allocation and the garbage collections a 1 MiB buffer per connection causes.
+ */
+const idleBuffers: Array<Buffer> = []
+
+/** The most recently given back buffer of `size` bytes (still in the processor's cache), or a new one. */
+const takeBuffer = (size: number): Buffer => {
+  for (let i = idleBuffers.length - 1; i >= 0; i--) {
+    if (idleBuffers[i]!.length === size) return idleBuffers.splice(i, 1)[0]!
+  }
+  return Buffer.allocUnsafeSlow(size)
+}
+
+/** Gives a socket's receive buffer back once the socket is closed: its handle reads no more. */
+const giveBackOnClose = (socket: Net.Socket, buffer: Buffer): void => {
+  socket.once("close", () => {
+    if (idleBuffers.length < POOLED_BUFFERS) idleBuffers.push(buffer)
+  })
+}
+
 /**
  * The owned receive side of `stream`, if it was made by {@link adopt}.
  *
@@ -80,8 +105,9 @@ export const canAdopt = (socket: Net.Socket): boolean => {
 
 /**
  * Moves a connection accepted paused into a socket that receives into a buffer of
- * `bufferSize` bytes owned by the connection; `undefined` (the connection untouched)
- * when the handle is not what this module expects.
+ * `bufferSize` bytes owned by the connection (one a closed connection left, when there
+ * is one); `undefined` (the connection untouched) when the handle is not what this module
+ * expects.
  *
  * @since 0.2.0
  * @category constructors
@@ -90,13 +116,15 @@ export const adopt = (accepted: Net.Socket, bufferSize: number): Net.Socket | un
   if (!canAdopt(accepted)) return undefined
   const old = accepted as unknown as SocketInternals
   const receiving = receiver()
+  const buffer = takeBuffer(bufferSize)
   const socket = new Net.Socket({
     handle: old._handle,
     readable: true,
     writable: true,
     allowHalfOpen: accepted.allowHalfOpen,
-    onread: { buffer: Buffer.allocUnsafeSlow(bufferSize), callback: receiving.callback }
+    onread: { buffer, callback: receiving.callback }
   } as Net.SocketConstructorOpts & { handle: unknown })
+  giveBackOnClose(socket, buffer)
   // The server counts its connections through the socket that closes: the new one now.
   const adopted = socket as unknown as SocketInternals
   adopted._server = old._server

@@ -73,6 +73,35 @@ describe("OwnedReceive", () => {
     await closed
   })
 
+  it("a closed connection's buffer receives the next connection's bytes, and none of the old ones", async () => {
+    /** Adopts a new connection, sends `data` through it, and returns the buffer its bytes arrived in. */
+    const receiveOnce = async (data: Uint8Array) => {
+      const { client, server, socket: accepted } = await connected()
+      const socket = OwnedReceive.adopt(accepted, 48 * 1024)! // a size no other test uses
+      const received: Array<Buffer> = []
+      const memories = new Set<ArrayBufferLike>()
+      OwnedReceive.sourceOf(socket)!.setSink((bytes) => {
+        memories.add(bytes.buffer)
+        received.push(Buffer.from(bytes))
+        return true
+      })
+      client.write(data)
+      while (received.reduce((n, b) => n + b.length, 0) < data.length) await sleep(5)
+      expectBytes(Buffer.concat(received), data)
+      const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()))
+      client.destroy()
+      socket.destroy()
+      await closed
+      server.close()
+      return [...memories]
+    }
+    const first = await receiveOnce(pattern(200 * 1024, 1))
+    const second = await receiveOnce(pattern(100 * 1024, 2))
+    expect(first).toHaveLength(1)
+    expect(second).toHaveLength(1)
+    expect(second[0]).toBe(first[0]) // the same memory, with exactly the second connection's bytes received
+  })
+
   it("a FrameReader over an adopted socket keeps every frame whole, in one piece", async () => {
     const { client, server, socket: accepted } = await connected()
     const socket = OwnedReceive.adopt(accepted, 64 * 1024)!
