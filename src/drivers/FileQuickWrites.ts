@@ -6,8 +6,9 @@
  * or when a partial page must first be read from the disk. So every write made here is
  * timed, and after one that was slow (over {@link SLOW_WRITE_MS}: page reclaim alone makes a
  * few writes take 2 to 6 ms, a throttled writer waits tens of them) the driver sends its
- * writes through the thread pool for a while: 100 ms at first, twice as long after each slow write that follows within
- * four such pauses (at most 10 s), back to 100 ms after a quiet time.
+ * writes through the thread pool for a while: 100 ms at first, twice as long after each
+ * slow write that follows within four such pauses (at most 10 s), back to 100 ms after a
+ * quiet time.
  *
  * Writes larger than {@link QUICK_WRITE_MAX} always go through the thread pool, where
  * their copy into the page cache runs on another core.
