@@ -150,10 +150,22 @@ export const readNow = (fd: number, offset: number, length: number): Buffer => {
   return buffer
 }
 
-/** Writes all of `data` at `offset` synchronously; throws Node's error. */
-export const writeNow = (fd: number, offset: number, data: Uint8Array): void => {
-  for (let done = 0; done < data.length;) done += fs.writeSync(fd, data, done, data.length - done, offset + done)
+/** Writes all of `pieces` from `offset` with `pwritev`, looping over short writes; throws Node's error. */
+export const writePiecesNow = (fd: number, offset: number, pieces: ReadonlyArray<Uint8Array>): void => {
+  let rest = pieces
+  let at = offset
+  while (rest.length > 0) {
+    let n = rest.length === 1 ? fs.writeSync(fd, rest[0]!, 0, rest[0]!.length, at) : fs.writevSync(fd, rest as Array<Uint8Array>, at)
+    if (n === 0 && rest.some((piece) => piece.length > 0)) throw Object.assign(new Error("write wrote nothing"), { code: "EIO" })
+    at += n
+    let i = 0
+    while (i < rest.length && n >= rest[i]!.length) n -= rest[i++]!.length
+    rest = i < rest.length ? [rest[i]!.subarray(n), ...rest.slice(i + 1)] : []
+  }
 }
+
+/** Writes all of `data` at `offset` synchronously; throws Node's error. */
+export const writeNow = (fd: number, offset: number, data: Uint8Array): void => writePiecesNow(fd, offset, [data])
 
 /**
  * For files whose pages are always in memory (tmpfs, ramfs), where a read or write never

@@ -15,10 +15,9 @@
  *
  * @since 0.2.0
  */
-import * as fs from "node:fs"
 import { performance } from "node:perf_hooks"
 import type { ProtocolError } from "../Errors.ts"
-import { systemFailure } from "./FileIo.ts"
+import { systemFailure, writePiecesNow } from "./FileIo.ts"
 
 /** The largest write made on the event loop (bytes). */
 export const QUICK_WRITE_MAX = 1024 * 1024
@@ -33,20 +32,6 @@ export interface QuickWrites {
   readonly write: (offset: number, pieces: ReadonlyArray<Uint8Array>) => boolean | ProtocolError
   /** Whether writes are paused at `now` (ms, the clock's), for tests. */
   readonly paused: (now: number) => boolean
-}
-
-/** Writes all of `pieces` from `offset` with `pwritev`, looping over short writes; throws Node's error. */
-export const writePiecesNow = (fd: number, offset: number, pieces: ReadonlyArray<Uint8Array>): void => {
-  let rest = pieces
-  let at = offset
-  while (rest.length > 0) {
-    let n = rest.length === 1 ? fs.writeSync(fd, rest[0]!, 0, rest[0]!.length, at) : fs.writevSync(fd, rest as Array<Uint8Array>, at)
-    if (n === 0 && rest.some((piece) => piece.length > 0)) throw Object.assign(new Error("write wrote nothing"), { code: "EIO" })
-    at += n
-    let i = 0
-    while (i < rest.length && n >= rest[i]!.length) n -= rest[i++]!.length
-    rest = i < rest.length ? [rest[i]!.subarray(n), ...rest.slice(i + 1)] : []
-  }
 }
 
 /**

@@ -12,6 +12,7 @@ import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { ProtocolError } from "../../src/Errors.ts"
 import * as QuickWrites from "../../src/drivers/FileQuickWrites.ts"
+import { writePiecesNow } from "../../src/drivers/FileIo.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 
 const FD = 42
@@ -172,10 +173,10 @@ describe("writePiecesNow and quick writes on a real file", () => {
     const { fd, file } = freshFile()
     try {
       const pieces = [pattern(1000, 1), new Uint8Array(0), pattern(4096, 2), new Uint8Array(0), pattern(1, 3), new Uint8Array(0)]
-      QuickWrites.writePiecesNow(fd, 12_345, pieces)
-      QuickWrites.writePiecesNow(fd, 100, [pattern(7, 4)])
-      QuickWrites.writePiecesNow(fd, 200, [new Uint8Array(0)])
-      QuickWrites.writePiecesNow(fd, 300, [new Uint8Array(0), new Uint8Array(0)])
+      writePiecesNow(fd, 12_345, pieces)
+      writePiecesNow(fd, 100, [pattern(7, 4)])
+      writePiecesNow(fd, 200, [new Uint8Array(0)])
+      writePiecesNow(fd, 300, [new Uint8Array(0), new Uint8Array(0)])
       const expected = new Uint8Array(12_345 + 5097)
       expected.set(pattern(7, 4), 100)
       expected.set(Buffer.concat(pieces), 12_345)
@@ -189,7 +190,7 @@ describe("writePiecesNow and quick writes on a real file", () => {
     const { fd, file } = freshFile()
     try {
       const pieces = Array.from({ length: 3000 }, (_, i) => (i % 7 === 0 ? new Uint8Array(0) : pattern(1 + (i % 13), i)))
-      QuickWrites.writePiecesNow(fd, 64, pieces)
+      writePiecesNow(fd, 64, pieces)
       const data = Buffer.concat(pieces)
       const expected = new Uint8Array(64 + data.length)
       expected.set(data, 64)
@@ -217,8 +218,8 @@ describe("writePiecesNow and quick writes on a real file", () => {
     syncBuiltinESMExports()
     try {
       const pieces = [pattern(2500, 1), new Uint8Array(0), pattern(999, 2), new Uint8Array(0), pattern(1, 3), pattern(1600, 4)]
-      QuickWrites.writePiecesNow(fd, 10, pieces)
-      QuickWrites.writePiecesNow(fd, 8000, [pattern(2100, 5)])
+      writePiecesNow(fd, 10, pieces)
+      writePiecesNow(fd, 8000, [pattern(2100, 5)])
       expect(calls).toBe(6 + 3)
       const expected = new Uint8Array(8000 + 2100)
       expected.set(Buffer.concat(pieces), 10)
