@@ -101,25 +101,23 @@ export class SparseMemory {
     return out
   }
 
+  /** The page at `index`, allocated if it was not. */
+  private pageAt(index: number): Uint8Array {
+    let page = this.pages.get(index)
+    if (page === undefined) {
+      page = newPage()
+      this.pages.set(index, page)
+    }
+    return page
+  }
+
   write(offset: number, data: Uint8Array): void {
     const index = Math.floor(offset / PAGE_SIZE)
     const inPage = offset - index * PAGE_SIZE
-    if (data.length > 0 && inPage + data.length <= PAGE_SIZE) {
-      // Within one page (every small write): no walk.
-      let page = this.pages.get(index)
-      if (page === undefined) {
-        page = newPage()
-        this.pages.set(index, page)
-      }
-      return page.set(data, inPage)
-    }
+    // Within one page (every small write): no walk.
+    if (data.length > 0 && inPage + data.length <= PAGE_SIZE) return this.pageAt(index).set(data, inPage)
     SparseMemory.eachPage(offset, data.length, (index, inPage, n, done) => {
-      let page = this.pages.get(index)
-      if (page === undefined) {
-        page = newPage()
-        this.pages.set(index, page)
-      }
-      page.set(data.subarray(done, done + n), inPage)
+      this.pageAt(index).set(data.subarray(done, done + n), inPage)
     })
   }
 
