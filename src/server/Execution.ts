@@ -124,6 +124,9 @@ export const make = (ctx: ExecutionContext): Execution => {
     if (fitted.some((extents) => extents.length === 0)) return fail(req, protocolError("EIO", "driver returned no extent"))
     writer.write(encoder.blockStatus(req, ctx.metaContexts.map((context, i) => ({ id: context.id, extents: fitted[i]! }))))
   }
+  /** The debug line of a request answered with an error. */
+  const logFailure = (req: Request, error: ProtocolError) =>
+    Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`)
   const defect = (req: Request, cause: unknown) => {
     ctx.log(Effect.logError(`driver defect in ${commandName(req.type)}`, cause))
     fail(req, driverDefect)
@@ -206,7 +209,7 @@ export const make = (ctx: ExecutionContext): Execution => {
     if (outcome === false) return false
     if (outcome === true) written(req)
     else {
-      ctx.log(Effect.logDebug(`WRITE failed: ${outcome.errno}: ${outcome.message}`))
+      ctx.log(logFailure(req, outcome))
       fail(req, outcome)
     }
     return true
@@ -301,10 +304,7 @@ export const make = (ctx: ExecutionContext): Execution => {
     )
   const answered = (req: Request, effect: Effect.Effect<void, ProtocolError>): Effect.Effect<void> =>
     Effect.catchAll(ctx.tracing ? traced(req, effect) : effect, (error) =>
-      Effect.zipRight(
-        Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`),
-        Effect.sync(() => fail(req, error))
-      ))
+      Effect.zipRight(logFailure(req, error), Effect.sync(() => fail(req, error))))
 
   /** A WRITE payload copied into one pooled buffer, when it must be copied and the handle allows it. */
   const pooledPayload = (req: Request, payload: ReadonlyArray<Uint8Array>): Uint8Array | undefined => {
