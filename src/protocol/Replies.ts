@@ -49,7 +49,12 @@ export interface Encoder {
   readonly at: number
   /** A chunk header with room for `extra` payload bytes after it. */
   readonly chunk: (to: ReplyTo, done: boolean, type: number, length: number, extra?: number) => Buffer
-  /** Success without data: a simple reply, or a final NONE chunk. */
+  /**
+   * Success without data: a simple reply (allowed with structured replies for any
+   * command but READ, and 4 bytes shorter than a chunk, so a client reads it in one
+   * go), or a final NONE chunk with extended headers, which admit no simple reply.
+   * Never used for READ.
+   */
   readonly ok: (to: ReplyTo) => Array<Uint8Array>
   /**
    * A failure: a simple reply, or an ERROR chunk with the message (at most 1 KiB of it),
@@ -77,7 +82,7 @@ export const encoder = (mode: ReplyMode): Encoder => {
       : Wire.encodeStructuredHeaderFast(done ? ReplyFlags.DONE : 0, type, to.cookie, length, extra)
 
   const ok: Encoder["ok"] = (to) =>
-    [structured ? chunk(to, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, to.cookie)]
+    [extended ? chunk(to, true, ChunkType.NONE, 0) : Wire.encodeSimpleReplyFast(0, to.cookie)]
 
   const error: Encoder["error"] = (to, errno, message, errorOffset) => {
     if (!structured) return [Wire.encodeSimpleReplyFast(errno, to.cookie)]

@@ -190,7 +190,7 @@ describe("reply encoders equal the Schemas", () => {
 
       it.prop("ok", { to: replyTo }, ({ to }) => {
         const bytes = concat(encoder.ok(to))
-        if (!structured) {
+        if (!extended) {
           expect(bytes.length).toBe(Wire.SIMPLE_REPLY_SIZE)
           expect(decodeSimple(bytes).header).toEqual({ error: 0, cookie: to.cookie })
           return
