@@ -6,6 +6,7 @@
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Runtime from "@effect/platform/Runtime"
+import * as Cause from "effect/Cause"
 import * as Console from "effect/Console"
 import * as Effect from "effect/Effect"
 import { run } from "./Command.ts"
@@ -14,6 +15,8 @@ run(process.argv).pipe(
   // Usage and start-up errors are reported as one line; errors of the command line's own
   // parsing (not instances of Error) were already printed by @effect/cli.
   Effect.tapError((error) => error instanceof Error ? Console.error(`effect-nbd: ${error.message}`) : Effect.void),
+  // A defect (a bug, or a module that failed to load) is reported whole, not only by the exit status.
+  Effect.tapDefect((cause) => Console.error(`effect-nbd: unexpected error: ${Cause.pretty(cause)}`)),
   Effect.provide(NodeContext.layer),
   NodeRuntime.runMain({
     disableErrorReporting: true,
