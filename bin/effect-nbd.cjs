@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // The effect-nbd command: sizes the thread pool (./thread-pool.cjs), then runs the
-// compiled entry point in dist/ (built by `npm run build`, which `npm install` runs in a
-// clone; a packed or installed package ships dist/ built).
+// command bundled in dist/command/ (built by `npm run build`, which `npm install` runs in
+// a clone; a packed or installed package ships dist/ built).
 "use strict"
 require("./thread-pool.cjs")
-import("../dist/cli/main.js").catch((error) => {
+import("../dist/command/main.js").catch((error) => {
   console.error(error)
   process.exitCode = 1
 })

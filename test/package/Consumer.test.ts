@@ -154,4 +154,20 @@ describe.skipIf(!hasTools)("the packed package in a fresh project", () => {
     expect(await exportSize(served!.uri, dir())).toBe(64 * MiB)
     await cli.stop()
   }, 120_000)
+
+  it("serves a sparse file from the bundled command, its holes found through koffi", async () => {
+    const image = path.join(dir(), "sparse.img")
+    const file = fs.openSync(image, "w")
+    fs.writeSync(file, Buffer.alloc(MiB, 1), 0, MiB, 4 * MiB)
+    fs.ftruncateSync(file, 16 * MiB)
+    fs.closeSync(file)
+    const args = ["effect-nbd", "file", image, "--port", "0", "--read-only"]
+    const { running: cli } = await start("npx", args, dir(), /effect-nbd: serving .*\n/)
+    running.add(cli)
+    const [served] = servedLines(cli.output())
+    const { stdout } = await execOk("nbdinfo", ["--map", "--json", served!.uri], dir(), 30_000)
+    const data = JSON.parse(stdout).filter((extent: { type: number }) => (extent.type & 1) === 0)
+    expect(data).toEqual([expect.objectContaining({ offset: 4 * MiB, length: MiB })])
+    await cli.stop()
+  }, 120_000)
 })
