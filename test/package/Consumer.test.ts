@@ -101,6 +101,7 @@ describe.skipIf(!hasTools)("the packed package in a fresh project", () => {
     expect(files).toContain("package/dist/index.d.ts")
     expect(files).toContain("package/bin/effect-nbd.cjs")
     expect(files).toContain("package/bin/thread-pool.cjs")
+    expect(files).toContain("package/bin/young-generation.cjs")
     expect(files.filter((file) => file.endsWith(".ts") && !file.endsWith(".d.ts"))).toEqual([])
     const installed = path.join(dir(), "node_modules", "effect-nbd", "dist")
     const declarations = fs.readdirSync(installed, { recursive: true, encoding: "utf8" }).filter((f) => f.endsWith(".d.ts"))

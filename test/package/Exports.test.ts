@@ -66,6 +66,7 @@ describe("package.json exports", () => {
     const bin = fs.readFileSync(path.join(ROOT, pkg.bin["effect-nbd"]), "utf8")
     expect(bin.startsWith("#!/usr/bin/env node\n")).toBe(true)
     expect(bin).toContain(`require("./thread-pool.cjs")`)
+    expect(bin).toContain(`require("./young-generation.cjs")`)
     expect(bin).toContain(`import("../dist/command/main.js")`)
     expect(bin).not.toMatch(/tsx|\.ts"/)
     expect(pkg.files).toEqual(["dist", "bin"])
