@@ -7,20 +7,26 @@
  * every queued chunk into one new buffer before encrypting it, so a 1 MiB READ payload
  * is copied once more than on a plain socket. Keeping one write in flight means the
  * stream never holds more than one chunk and never batches: a large payload goes to
- * the encryption as it is, and only small chunks (headers, short payloads) are copied,
- * into a merge buffer that the queue owns and reuses once its write completed (a fresh
- * buffer per write would hand the garbage collector megabytes of external memory per
- * second).
+ * the encryption as it is, and only smaller chunks (headers, short payloads, the 32 KiB
+ * pages of the memory store) are copied, into a merge buffer that the queue owns and
+ * reuses once its write completed (a fresh buffer per write would hand the garbage
+ * collector megabytes of external memory per second).
+ *
+ * Merging the 32 KiB pages of a READ reply costs a copy but saves a write (and its turn of
+ * the event loop) per page: copies out over TLS, interleaved, took 20-30% less server CPU
+ * per GiB and went 14-22% faster with four connections, and 3-8% slower with one (a
+ * coarser write keeps the client waiting longer for its first bytes). Writes are capped
+ * at {@link MERGE_AT_MOST} for that reason.
  *
  * @since 0.1.0
  */
 import type { Duplex } from "node:stream"
 
 /** Chunks shorter than this are merged with their neighbours; longer ones are written alone. */
-export const MERGE_BELOW = 16 * 1024
+export const MERGE_BELOW = 64 * 1024
 
 /** A merged write holds at most this many bytes. */
-const MERGE_AT_MOST = 1024 * 1024
+export const MERGE_AT_MOST = 128 * 1024
 
 /** The first size of a queue's merge buffer (it doubles as needed, up to {@link MERGE_AT_MOST}). */
 const MERGE_BUFFER_START = 64 * 1024

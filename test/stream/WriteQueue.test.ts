@@ -43,6 +43,19 @@ describe("WriteQueue", () => {
     expect(queue.queuedBytes()).toBe(0)
   })
 
+  it("merges the 32 KiB pages of a reply into writes of at most MERGE_AT_MOST bytes", async () => {
+    const { stream, writes } = recorder()
+    const queue = WriteQueue.make(stream)
+    const header = bytes(28, 9)
+    const pages = Array.from({ length: 8 }, (_, i) => bytes(32 * 1024, i))
+    for (const chunk of [header, ...pages]) queue.push(chunk)
+    queue.kick()
+    await settle()
+    expect(writes.every((w) => w.length <= WriteQueue.MERGE_AT_MOST)).toBe(true)
+    expect(writes.length).toBe(Math.ceil((28 + 8 * 32 * 1024) / WriteQueue.MERGE_AT_MOST))
+    expect(Buffer.concat(writes).equals(Buffer.concat([header, ...pages]))).toBe(true)
+  })
+
   it("keeps one write in flight: chunks pushed meanwhile wait, in order, and the merge buffer is reused safely", async () => {
     const { stream, writes, batched } = recorder()
     const queue = WriteQueue.make(stream)
