@@ -26,6 +26,15 @@ export const PAGE_SIZE = 32 * 1024
 /** Largest export size: offsets stay exact JavaScript numbers. */
 export const MAX_SIZE = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % PAGE_SIZE)
 
+/**
+ * Most bytes of holes one WRITE_ZEROES with NO_HOLE allocates (the largest request nbdkit
+ * and qemu send). A larger one zeroes the allocated pages of its range and leaves its holes
+ * as they are, as nbdkit's memory plugin does for any size: the spec asks for provisioning
+ * so that later writes cannot run out of space, and one 28-byte request must not allocate
+ * gigabytes of memory.
+ */
+export const MAX_PROVISION = 32 * 1024 * 1024
+
 /** Most extents in one block-status answer. */
 const MAX_STATUS_EXTENTS = 1 << 16
 
@@ -122,21 +131,28 @@ export class SparseMemory {
   }
 
   /**
-   * Zeroes a range; whole pages are freed unless `keepAllocated`. Freeing visits the
-   * allocated pages, not the range, so trimming a sparse terabyte is instant.
+   * Zeroes a range; whole pages are freed unless `keepAllocated`, which allocates the
+   * range's holes too when it is at most {@link MAX_PROVISION} bytes. Freeing, and zeroing
+   * a larger range, visit the allocated pages, not the range, so zeroing a sparse terabyte
+   * is instant.
    */
   zero(offset: number, length: number, keepAllocated: boolean): void {
     if (!keepAllocated) return this.free(offset, length)
+    if (length > MAX_PROVISION) return this.clearAllocated(offset, length)
     SparseMemory.eachPage(offset, length, (index, inPage, n) => {
       const page = this.pages.get(index)
-      if (n === PAGE_SIZE && !keepAllocated) {
-        this.pages.delete(index)
-      } else if (page !== undefined) {
-        page.fill(0, inPage, inPage + n)
-      } else if (keepAllocated) {
-        this.pages.set(index, newPage())
-      }
+      if (page !== undefined) page.fill(0, inPage, inPage + n)
+      else this.pages.set(index, newPage())
     })
+  }
+
+  /** Zeroes the allocated pages of a range (in place: nothing is freed or allocated). */
+  private clearAllocated(offset: number, length: number): void {
+    const end = offset + length
+    for (const index of keysIn(this.pages, Math.floor(offset / PAGE_SIZE), Math.ceil(end / PAGE_SIZE))) {
+      const start = index * PAGE_SIZE
+      this.pages.get(index)!.fill(0, Math.max(offset - start, 0), Math.min(end - start, PAGE_SIZE))
+    }
   }
 
   /** Zeroes the partial pages at the ends of a range and frees the whole pages in it. */

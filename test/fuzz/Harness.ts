@@ -88,8 +88,9 @@ export class GuardedMemory extends MemoryDriver.SparseMemory {
   }
 
   override zero(offset: number, length: number, keepAllocated: boolean): void {
-    // Freeing visits only the allocated pages; keeping the range allocated walks it all.
-    if (keepAllocated) this.guard(offset, length, true, "zero (allocated)")
+    // Freeing, and zeroing more than MAX_PROVISION, visit only the allocated pages;
+    // provisioning a smaller range walks it all and allocates its holes.
+    if (keepAllocated && length <= MemoryDriver.MAX_PROVISION) this.guard(offset, length, true, "zero (allocated)")
     super.zero(offset, length, keepAllocated)
   }
 

@@ -129,6 +129,8 @@ export class ReplyReader {
   private verifyAt = -1
   private option = 0
   private readonly simpleReads = new Map<bigint, RequestOp>()
+  /** Cookies of requests other than READ (which may get a simple reply in structured mode too). */
+  private readonly nonReads = new Set<bigint>()
   /** Final replies still due, by cookie (a cookie may be used by several requests). */
   private readonly due = new Map<bigint, number>()
 
@@ -136,6 +138,7 @@ export class ReplyReader {
     for (const r of expectation.requests) {
       const cookie = r.cookie & U64_MAX
       if (r.type === Command.READ) this.simpleReads.set(cookie, r)
+      else this.nonReads.add(cookie)
       this.due.set(cookie, (this.due.get(cookie) ?? 0) + 1)
     }
     this.need = { size: 18, then: (b) => this.greeting(b) }
@@ -213,7 +216,25 @@ export class ReplyReader {
 
   private transmission() {
     const e = this.expectation
-    this.need = { size: e.extended ? 32 : e.structured ? 20 : 16, then: (b) => this.reply(b) }
+    if (e.extended || !e.structured) return void (this.need = { size: e.extended ? 32 : 16, then: (b) => this.reply(b) })
+    // Structured replies: 16 bytes tell a simple reply (allowed for every command but READ) from a chunk header (20).
+    this.need = {
+      size: 16,
+      then: (b) =>
+        b.readUInt32BE(0) === 0x67446698
+          ? this.simpleInStructured(b)
+          : (this.need = { size: 4, then: (rest) => this.reply(Buffer.concat([b, rest])) })
+    }
+  }
+
+  /** A simple reply where structured replies were negotiated: only for a request other than READ. */
+  private simpleInStructured(bytes: Buffer) {
+    const cookie = bytes.readBigUInt64BE(8)
+    if (!this.nonReads.has(cookie) && this.expectation.exact) {
+      return this.fail(`a simple reply for cookie ${cookie}, which no request but a READ is waiting for`, bytes)
+    }
+    this.transmission()
+    this.final(cookie, bytes)
   }
 
   /** Counts a final reply; with an exact expectation, one no request is due is an error. */
@@ -235,6 +256,7 @@ export class ReplyReader {
       if (error === 0 && read !== undefined) this.payload(toNumber(read.length), toNumber(read.offset))
       return this.final(cookie, bytes)
     }
+    this.transmission() // the next frame, unless a chunk's own fields come first (below)
     const flags = bytes.readUInt16BE(4)
     const type = bytes.readUInt16BE(6)
     const cookie = bytes.readBigUInt64BE(8)

@@ -6,6 +6,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { describe, expect, it } from "vitest"
 import * as MemoryDriver from "../../src/drivers/Memory.ts"
+import { CommandFlags } from "../../src/protocol/Constants.ts"
 import * as Export from "../../src/Export.ts"
 import * as InProcess from "../../src/testing/InProcess.ts"
 import type { Delivery } from "./Generators.ts"
@@ -13,6 +14,7 @@ import * as Harness from "./Harness.ts"
 import { goAndRead } from "./Oracle.ts"
 
 const KiB = 1024
+const MiB = 1024 * KiB
 const GiB = 1024 * 1024 * 1024
 const linger: Delivery = { chunks: [1 << 30], pauses: 0, ending: "end", linger: true, slowReader: false }
 
@@ -104,5 +106,38 @@ describe("finding 2: TRIM and WRITE_ZEROES on the sparse memory driver cost O(ra
     )
     expect(store.allocatedBytes).toBe(0)
     expect(pages.gets).toBeLessThanOrEqual(16)
+  })
+
+  // Seed 133464311 case 2220: `WRITE_ZEROES f=0x2 off=846336 len=102003873792` (NO_HOLE,
+  // extended headers) on "big" would have allocated 95 GiB. Provisioning is now capped at
+  // MAX_PROVISION per request; a larger NO_HOLE zero zeroes what is allocated.
+  it("a 4 GiB NO_HOLE zero of a sparse 1 TiB export zeroes the written page and allocates nothing", async () => {
+    const store = new MemoryDriver.SparseMemory(2 ** 40)
+    store.write(4 * KiB, new Uint8Array(512).fill(1))
+    const pages = new CountingMap<number, Uint8Array>(store.pages)
+    Object.defineProperty(store, "pages", { value: pages })
+    const exports = Export.ExportRegistry.layer([Export.make(MemoryDriver.fromStore(store))])
+    const read = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function*() {
+          const client = yield* InProcess.connect({ structuredReplies: true })
+          yield* client.writeZeroes(0, 4 * GiB - 32 * KiB, { flags: CommandFlags.NO_HOLE })
+          const data = yield* client.read(0, 8 * KiB)
+          yield* client.disconnect
+          return data
+        })
+      ).pipe(Effect.provide(Layer.fresh(exports)))
+    )
+    expect(read.every((byte) => byte === 0)).toBe(true)
+    expect(store.allocatedBytes).toBe(MemoryDriver.PAGE_SIZE)
+    expect(pages.gets).toBeLessThanOrEqual(16)
+  })
+
+  it("a NO_HOLE zero of up to MAX_PROVISION bytes allocates its holes", () => {
+    const store = new MemoryDriver.SparseMemory(2 ** 40)
+    store.zero(MiB, MemoryDriver.MAX_PROVISION, true)
+    expect(store.allocatedBytes).toBe(MemoryDriver.MAX_PROVISION)
+    store.zero(2 * MemoryDriver.MAX_PROVISION, MemoryDriver.MAX_PROVISION + 1, true)
+    expect(store.allocatedBytes).toBe(MemoryDriver.MAX_PROVISION)
   })
 })
