@@ -7,6 +7,6 @@
 // young generation sized by the user (NODE_OPTIONS or node's own flags) is kept.
 "use strict"
 const sized = [...process.execArgv, ...(process.env.NODE_OPTIONS ?? "").split(/\s+/)].some((flag) =>
-  /^--(max-)?semi-space|^--semi-space-growth-factor/.test(flag.replaceAll("_", "-"))
+  /^--(max-)?semi-space/.test(flag.replaceAll("_", "-")) // --semi-space-growth-factor too
 )
 if (!sized) require("node:v8").setFlagsFromString("--semi-space-growth-factor=1")
