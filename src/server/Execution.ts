@@ -6,9 +6,11 @@
  * READ on a handle with `readInto` (or `sync.readInto`) reads into a buffer of the
  * connection's {@link ReadBuffers} pool, which takes it back once the reply is sent; with
  * `readNow` as well, it is first tried synchronously (answered without a fiber when the
- * driver has the bytes at hand). A WRITE is likewise first offered to `writeNow` with its
- * pieces as received. A WRITE payload that has to be copied (borrowed, or in
- * several pieces) goes into a pooled buffer too when the handle says `writeCopies`.
+ * driver has the bytes at hand). A WRITE on a handle with `sync` is streamed: its payload
+ * is written piece by piece as it arrives ({@link Execution.stream}). A WRITE is otherwise
+ * first offered to `writeNow` with its pieces as received. A WRITE payload that has to be
+ * copied (borrowed, or in several pieces) goes into a pooled buffer too when the handle says
+ * `writeCopies`.
  *
  * Bytes and errors are counted in the export's metrics. With tracing on, every request
  * takes the Effect path inside an `nbd.request` span (export, command, offset, length,
@@ -24,6 +26,7 @@ import type { Encoder } from "../protocol/Replies.ts"
 import type { FrameWriter } from "../stream/FrameWriter.ts"
 import { REQUEST_SPAN } from "../observability/Tracing.ts"
 import type { ExportMetrics } from "./Metrics.ts"
+import type { PayloadSink } from "./PayloadSink.ts"
 import * as ReadBuffers from "./ReadBuffers.ts"
 import type { Request } from "./Request.ts"
 import { checkBounds } from "./RequestCheck.ts"
@@ -61,6 +64,11 @@ export interface Execution {
   readonly run: (req: Request, payload: ReadonlyArray<Uint8Array>) => Effect.Effect<void> | undefined
   /** Answers a request that failed its checks with an error (in a span when tracing). */
   readonly reject: (req: Request, error: ProtocolError) => void
+  /**
+   * Where a WRITE's payload goes piece by piece as it arrives, when the handle writes
+   * synchronously (see {@link streamWrite}); `undefined` when it takes the whole payload.
+   */
+  readonly stream: (req: Request) => PayloadSink | undefined
 }
 
 /** Largest extent of a BLOCK_STATUS chunk, aligned to 512 bytes: 32-bit, or 64-bit with extended headers. */
@@ -179,6 +187,39 @@ export const make = (ctx: ExecutionContext): Execution => {
       defect(req, cause)
     }
     return true
+  }
+
+  /**
+   * A WRITE written through `sync` as its pieces arrive, answered once the last one is
+   * taken: the same writes as {@link runSync}, without first gathering a payload that spans
+   * several reads into one buffer. A piece that would land past the end (the export shrank
+   * meanwhile) or a throw of the driver stops the writing; the request is then answered
+   * with that error once its payload is consumed.
+   */
+  const streamWrite = (req: Request): PayloadSink | undefined => {
+    if (sync === undefined || req.type !== Command.WRITE || (fuaOf(req) && !caps.fua)) return undefined
+    if (checkBounds(req, sync.size()) !== undefined) return undefined // answered by the Effect path
+    let at = req.offset
+    let failure: { readonly error?: ProtocolError; readonly cause?: unknown } | undefined
+    return {
+      take: (piece) => {
+        if (failure !== undefined) return
+        try {
+          if (at + piece.length > sync.size()) failure = { error: checkBounds(req, sync.size())! }
+          else sync.write(at, piece)
+        } catch (cause) {
+          failure = { cause }
+        }
+        at += piece.length
+      },
+      end: () => {
+        if (failure === undefined) written(req)
+        else if (failure.error !== undefined) {
+          ctx.log(logFailure(req, failure.error))
+          fail(req, failure.error)
+        } else defect(req, failure.cause)
+      }
+    }
   }
 
   const readNow = ctx.tracing || handle.readInto === undefined ? undefined : handle.readNow
@@ -330,6 +371,7 @@ export const make = (ctx: ExecutionContext): Execution => {
       ctx.log(Effect.logDebug(`${commandName(req.type)} rejected: ${error.errno}: ${error.message}`))
       if (ctx.tracing) ctx.log(Effect.ignore(traced(req, Effect.fail(error))))
       fail(req, error)
-    }
+    },
+    stream: streamWrite
   }
 }

@@ -1,8 +1,13 @@
 /**
  * The request parser of the transmission phase: an explicit state (a header is expected,
- * a payload, or a rejected payload being skipped) and a step function that takes what it
- * can from the buffered bytes and says what happened. It never waits and never runs
- * anything: the session's pipeline decides when to step and what to do with each step.
+ * a payload, a streamed payload, or a rejected payload being skipped) and a step function
+ * that takes what it can from the buffered bytes and says what happened. It never waits
+ * and never runs anything: the session's pipeline decides when to step and what to do
+ * with each step.
+ *
+ * A WRITE for which {@link Parser.stream} gives a {@link PayloadSink} has its payload handed
+ * on in pieces as they arrive (`Pieces` steps, in whole blocks of the export, see
+ * {@link BLOCK}); any other payload is handed on whole.
  *
  * @since 0.2.0
  */
@@ -10,12 +15,14 @@ import type { ProtocolError } from "../Errors.ts"
 import { Command, CommandFlags, EXTENDED_REQUEST_MAGIC, REQUEST_MAGIC } from "../protocol/Constants.ts"
 import * as Wire from "../protocol/Transmission.ts"
 import type { FrameReader } from "../stream/FrameReader.ts"
+import { BLOCK, type PayloadSink } from "./PayloadSink.ts"
 import * as Request from "./Request.ts"
 
 /** Where the parser is in the byte stream. */
 export type ParserState =
   | { readonly _tag: "Header" }
   | { readonly _tag: "Payload"; readonly req: Request.Request }
+  | { readonly _tag: "Stream"; readonly req: Request.Request; readonly sink: PayloadSink; readonly left: number }
   | { readonly _tag: "Skip"; readonly req: Request.Request; readonly left: number; readonly error: ProtocolError }
 
 /** What one step produced. */
@@ -24,6 +31,14 @@ export type Step =
   | { readonly _tag: "NeedBytes"; readonly bytes: number }
   /** A request that passed the checks, with its payload as received pieces. */
   | { readonly _tag: "Run"; readonly req: Request.Request; readonly payload: ReadonlyArray<Uint8Array> }
+  /** The next pieces of a streamed payload, for `sink`; `last` when the payload is complete. */
+  | {
+    readonly _tag: "Pieces"
+    readonly req: Request.Request
+    readonly sink: PayloadSink
+    readonly pieces: ReadonlyArray<Uint8Array>
+    readonly last: boolean
+  }
   /** A request to answer with an error (its payload, if any, was discarded). */
   | { readonly _tag: "Reject"; readonly req: Request.Request; readonly error: ProtocolError }
   /** The state advanced (a payload is next, or part of a rejected one was discarded). */
@@ -41,6 +56,8 @@ export interface Parser {
   readonly check: (req: Request.Request) => ProtocolError | undefined
   /** Largest rejected payload that is read and discarded; a larger one is a violation. */
   readonly maxDiscard: number
+  /** Where a checked WRITE's payload goes as it arrives, if it is streamed. */
+  readonly stream?: ((req: Request.Request) => PayloadSink | undefined) | undefined
 }
 
 /** Bytes a discarded payload waits for at a time (the reader keeps at most that much). */
@@ -77,8 +94,9 @@ const header = (parser: Parser, reader: FrameReader): Step => {
   }
   if (error !== undefined) return { _tag: "Reject", req, error }
   if (length > 0) {
-    // The pipeline checks its payload budget before the payload is taken.
-    parser.state = { _tag: "Payload", req }
+    const sink = req.type === Command.WRITE ? parser.stream?.(req) : undefined
+    // The pipeline checks its payload budget before a whole payload is taken.
+    parser.state = sink === undefined ? { _tag: "Payload", req } : { _tag: "Stream", req, sink, left: length }
     return { _tag: "Continue" }
   }
   return { _tag: "Run", req, payload: NO_PAYLOAD }
@@ -89,6 +107,19 @@ const payload = (parser: Parser, reader: FrameReader, req: Request.Request): Ste
   if (pieces === undefined) return { _tag: "NeedBytes", bytes: req.length }
   parser.state = { _tag: "Header" }
   return { _tag: "Run", req, payload: pieces }
+}
+
+/** Hands on the buffered part of a streamed payload that ends at a block boundary (or the payload's end). */
+const streamed = (parser: Parser, reader: FrameReader, state: Extract<ParserState, { _tag: "Stream" }>): Step => {
+  const at = state.req.offset + state.req.length - state.left
+  const buffered = reader.buffered()
+  const next = Math.min(state.left, (Math.floor(at / BLOCK) + 1) * BLOCK - at)
+  if (buffered < next) return { _tag: "NeedBytes", bytes: next }
+  const n = buffered >= state.left ? state.left : Math.floor((at + buffered) / BLOCK) * BLOCK - at
+  const pieces = reader.takeChunks(n)
+  const left = state.left - n
+  parser.state = left === 0 ? { _tag: "Header" } : { ...state, left }
+  return { _tag: "Pieces", req: state.req, sink: state.sink, pieces, last: left === 0 }
 }
 
 const skip = (parser: Parser, reader: FrameReader, state: Extract<ParserState, { _tag: "Skip" }>): Step => {
@@ -111,6 +142,8 @@ export const step = (parser: Parser, reader: FrameReader): Step => {
       return header(parser, reader)
     case "Payload":
       return payload(parser, reader, state.req)
+    case "Stream":
+      return streamed(parser, reader, state)
     case "Skip":
       return skip(parser, reader, state)
   }

@@ -88,6 +88,7 @@ export const serve = (
     const parser = RequestParser.make({
       extended,
       maxDiscard: Math.max(caps.blockSize.maximum, config.maxWriteDiscard),
+      stream: execution.stream,
       check: (req) =>
         RequestCheck.check(req, {
           capabilities: caps,
@@ -266,6 +267,18 @@ const makePipeline = (
     clock = performance.now()
   }
 
+  /** Hands a streamed payload's pieces on; the last one answers the request (timed like `start`'s synchronous answers). */
+  const streamPieces = (step: Extract<RequestParser.Step, { _tag: "Pieces" }>) => {
+    activity++ // a payload arriving slowly is activity too
+    for (const piece of step.pieces) step.sink.take(piece)
+    if (!step.last) return
+    metrics.request(step.req.type)
+    const startedAt = clock
+    step.sink.end()
+    clock = performance.now()
+    metrics.latency(step.req.type, (clock - startedAt) / 1000)
+  }
+
   /** Waits for `n` more bytes, or ends the session if the stream is closed. */
   const wantOrEnd = (n: number) => {
     const closed = reader.closedReason()
@@ -302,6 +315,9 @@ const makePipeline = (
             activity++
             metrics.request(step.req.type)
             start(step.req, step.payload)
+            continue
+          case "Pieces":
+            streamPieces(step)
             continue
           case "Reject":
             activity++

@@ -66,6 +66,12 @@ export interface FrameReader {
    * they are valid only until control returns to the event loop: a consumer copies what it keeps.
    */
   readonly tryReadChunks: (n: number) => ReadonlyArray<Uint8Array> | undefined
+  /**
+   * Up to `max` of the buffered bytes as the received pieces (none when nothing is
+   * buffered), borrowed as those of {@link tryReadChunks}: for a consumer that takes a
+   * payload as it arrives instead of waiting for all of it.
+   */
+  readonly takeChunks: (max: number) => ReadonlyArray<Uint8Array>
   /** Declares that the consumer cannot progress before `n` bytes are buffered (keeps the stream flowing). */
   readonly want: (n: number) => void
   /** Calls `listener` whenever bytes arrive or the stream closes; returns a function that stops it. */
@@ -317,6 +323,14 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     return out
   }
 
+  const takeChunks = (max: number): ReadonlyArray<Uint8Array> => {
+    wanted = 0
+    const out: Array<Uint8Array> = []
+    consume(Math.min(max, total), (piece) => out.push(piece))
+    resumeIfDrained()
+    return out
+  }
+
   const discard = (n: number): number => {
     const dropped = Math.min(n, total)
     consume(dropped)
@@ -351,6 +365,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     buffered: () => total,
     tryRead,
     tryReadChunks,
+    takeChunks,
     discard,
     want,
     onReadable,

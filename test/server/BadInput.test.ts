@@ -215,13 +215,51 @@ describe("bad input over a raw socket", () => {
     await freshClientReadsKnownData()
   })
 
-  it("a write whose payload is cut off by a disconnect writes nothing", async () => {
+  it("a write whose payload is cut off by a disconnect leaves each 4 KiB block whole: old or new, never torn", async () => {
     const c = await rawTransmission()
     c.write(requestHeader(1, 0, 1n, 1024n * 1024n, 65536))
     c.write(Buffer.alloc(1000, 0xff))
+    c.write(Buffer.alloc(9000, 0xff))
     c.socket.destroy()
     await c.closed()
+    const data = await Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+      const client = yield* Client.connect(net.connect(server.port, "127.0.0.1"))
+      return yield* client.read(1024 * 1024, KNOWN.length)
+    })))
+    const ff = Buffer.alloc(4096, 0xff)
+    for (const at of [0, 4096]) {
+      const block = Buffer.from(data.subarray(at, at + 4096))
+      if (!block.equals(ff)) expectBytes(block, KNOWN.subarray(at, at + 4096))
+    }
+    // The third block got 1808 of its bytes before the disconnect: none of them is written.
+    expectBytes(data.subarray(8192), KNOWN.subarray(8192))
+    server.store!.write(1024 * 1024, KNOWN)
     await freshClientReadsKnownData()
+  })
+
+  it("an export that shrinks while a write's payload arrives: the write is answered ENOSPC, the connection stays usable", async () => {
+    const size = 64 * 1024 * 1024
+    const at = size - 65536
+    const c = await rawTransmission()
+    c.write(requestHeader(1, 0, 31n, BigInt(at), 65536))
+    c.write(Buffer.alloc(8192, 0xee))
+    // The first blocks reach the store as they arrive; then the export shrinks under the rest.
+    for (let i = 0; i < 500 && server.store!.read(at, 1)[0] !== 0xee; i++) await new Promise((r) => setTimeout(r, 2))
+    expect(server.store!.read(at, 8192).every((b) => b === 0xee)).toBe(true)
+    server.store!.resize(size - 32768)
+    try {
+      c.write(Buffer.alloc(65536 - 8192, 0xee))
+      await c.receive(28 + 16)
+      const reply = c.bytes().subarray(28)
+      expect(reply.readBigUInt64BE(8)).toBe(31n)
+      expect(reply.readUInt32BE(4)).toBe(28) // ENOSPC
+      c.write(requestHeader(0, 0, 32n, 1024n * 1024n, 16))
+      await c.receive(28 + 16 + 16 + 16)
+      expectBytes(c.bytes().subarray(28 + 32, 28 + 48), KNOWN.subarray(0, 16))
+      c.socket.destroy()
+    } finally {
+      server.store!.resize(size)
+    }
   })
 
   it("a write payload beyond any sane size closes the connection", async () => {

@@ -11,6 +11,7 @@ import type { Capabilities } from "../../src/Driver.ts"
 import { protocolError } from "../../src/Errors.ts"
 import { Command, CommandFlags } from "../../src/protocol/Constants.ts"
 import * as Wire from "../../src/protocol/Transmission.ts"
+import type { PayloadSink } from "../../src/server/PayloadSink.ts"
 import type { Request } from "../../src/server/Request.ts"
 import { check, type CheckContext } from "../../src/server/RequestCheck.ts"
 import * as RequestParser from "../../src/server/RequestParser.ts"
@@ -68,6 +69,7 @@ const harness = (options: {
   readonly readOnly?: boolean
   readonly maxDiscard?: number
   readonly check?: (req: Request) => ReturnType<typeof check>
+  readonly stream?: RequestParser.Parser["stream"]
 } = {}): Harness => {
   const extended = options.extended ?? false
   const stream = new PassThrough({ highWaterMark: 64 * MiB })
@@ -80,7 +82,8 @@ const harness = (options: {
   const parser = RequestParser.make({
     extended,
     check: options.check ?? ((req) => check(req, ctx)),
-    maxDiscard: options.maxDiscard ?? 16 * MiB
+    maxDiscard: options.maxDiscard ?? 16 * MiB,
+    stream: options.stream
   })
   const push = async (bytes: Uint8Array) => {
     const chunk = own(bytes)
@@ -266,6 +269,46 @@ describe("RequestParser", () => {
     // Nothing of the next request was taken with the payload.
     expect(h.reader.buffered()).toBe(Wire.REQUEST_HEADER_SIZE)
     expect(expectTag(h.step(), "Run").req).toMatchObject({ type: Command.FLUSH, cookie: 7n })
+  })
+
+  it("a streamed WRITE hands its payload on as it arrives, in whole 4 KiB blocks of the export, uncopied", async () => {
+    const sinks: Array<Request> = []
+    const sink: PayloadSink = { take: () => {}, end: () => {} }
+    const h = harness({
+      stream: (req) => {
+        sinks.push(req)
+        return req.cookie === 21n ? sink : undefined
+      }
+    })
+    const length = 20_000
+    const data = pattern(length, 9)
+    // Offset 1000: the first block ends 3096 bytes in, then blocks of 4096, then 20000 - 15384 = 4616 more.
+    const first = await h.push(concat(compact({ type: Command.WRITE, cookie: 21n, offset: 1000n, length }), data.subarray(0, 3000)))
+    expect(h.step()).toEqual({ _tag: "Continue" })
+    expect(h.parser.state._tag).toBe("Stream")
+    expect(RequestParser.pendingPayload(h.parser)).toBe(0) // nothing waits in the reader for the budget
+    expect(h.step()).toEqual({ _tag: "NeedBytes", bytes: 3096 })
+    const second = await h.push(data.subarray(3000, 12_000))
+    const a = expectTag(h.step(), "Pieces")
+    expect(a.sink).toBe(sink)
+    expect(a.last).toBe(false)
+    // 1000 + 11288 = 12288: up to the last whole block buffered; the rest waits.
+    expect(a.pieces.map((p) => p.length)).toEqual([3000, 8288])
+    expect(a.pieces[0]!.buffer).toBe(first.buffer)
+    expect(a.pieces[1]!.buffer).toBe(second.buffer)
+    expect(h.reader.buffered()).toBe(12_000 - 11_288)
+    expect(h.step()).toEqual({ _tag: "NeedBytes", bytes: 4096 })
+    await h.push(concat(data.subarray(12_000), compact({ type: Command.FLUSH, cookie: 22n })))
+    const b = expectTag(h.step(), "Pieces")
+    expect(b.last).toBe(true)
+    expect(Buffer.concat([...a.pieces, ...b.pieces])).toEqual(Buffer.from(data))
+    expect(h.parser.state._tag).toBe("Header")
+    expect(expectTag(h.step(), "Run").req).toMatchObject({ type: Command.FLUSH, cookie: 22n })
+    // Asked for WRITEs with a payload only; one without a sink takes the Payload state.
+    await h.push(concat(compact({ type: Command.WRITE, cookie: 23n, offset: 0n, length: 512 }), pattern(512)))
+    expect(h.step()).toEqual({ _tag: "Continue" })
+    expect(h.parser.state._tag).toBe("Payload")
+    expect(sinks.map((req) => req.cookie)).toEqual([21n, 23n])
   })
 
   it("an extended WRITE carries PAYLOAD_LEN; its payload is taken the same way", async () => {
