@@ -7,7 +7,8 @@
  * - A write of part of a block first copies the block from below (read-modify-write,
  *   serialized per block, so concurrent partial writes to one block all land).
  * - A trimmed or zeroed block reads as zeroes and hides the block below; part of a block
- *   is zeroed in its copy.
+ *   is zeroed in its copy. The whole blocks of one request are kept as one span, so the
+ *   overlay's memory does not grow with the length trimmed or zeroed.
  * - Reads merge the overlay and the driver below block by block; block status reports
  *   blocks in the overlay as data (trimmed: hole and zero; zeroed: zero) and the rest as
  *   the driver below does. {@link allocationDepth} tells which layer holds data for each
@@ -173,9 +174,25 @@ const modify = (
     }, { discard: true })
   })
 
-const zeroes = (overlay: Overlay, below: Driver.DriverHandle, state: "trimmed" | "zeroed") =>
-(offset: number, length: number) =>
-  modify(overlay, below, offset, length, (piece, n) => overlay.zero(piece.index, piece.inBlock, piece.length, n, state))
+/**
+ * Trims or zeroes a range: its whole blocks (the export's short last block included) as one
+ * span of the overlay, the parts of blocks at its ends in the blocks' copies.
+ */
+const zeroes = (overlay: Overlay, below: Driver.DriverHandle, state: "trimmed" | "zeroed") => {
+  const partial = (offset: number, length: number) =>
+    length === 0 ? Effect.void : modify(overlay, below, offset, length, (piece, n) =>
+      overlay.zero(piece.index, piece.inBlock, piece.length, n, state))
+  return (offset: number, length: number) =>
+    Effect.flatMap(below.size, (size) => {
+      const blockSize = overlay.blockSize
+      const end = offset + length
+      const first = Math.ceil(offset / blockSize)
+      const last = end >= size ? Math.ceil(size / blockSize) : Math.floor(end / blockSize)
+      if (first >= last) return partial(offset, length)
+      overlay.zeroBlocks(first, last, state)
+      return Effect.zipRight(partial(offset, first * blockSize - offset), partial(last * blockSize, Math.max(0, end - last * blockSize)))
+    })
+}
 
 /** Name of the meta context of allocation depth, as qemu-nbd's `-A` offers it. */
 export const ALLOCATION_DEPTH = "qemu:allocation-depth"

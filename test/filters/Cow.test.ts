@@ -223,6 +223,80 @@ describe("cow filter", () => {
       expect(sha256(store.read(0, SIZE))).toBe(belowHash)
     }))
 
+  it.scoped("trimming or zeroing a terabyte takes one span of the overlay, not an entry per block", () =>
+    Effect.gen(function*() {
+      const TiB = 2 ** 40
+      const store = new MemoryDriver.SparseMemory(TiB)
+      store.write(TiB / 2, pattern(BLOCK, 3))
+      const { driver, overlay } = setup(store)
+      const handle = yield* Testing.open(driver)
+      yield* handle.trim(0, TiB, write)
+      expect(overlay.zeroedSpans).toEqual([{ first: 0, end: TiB / BLOCK, state: "trimmed" }])
+      expect(overlay.blocks).toEqual([])
+      expectBytes(yield* handle.read(TiB / 2, BLOCK), new Uint8Array(BLOCK))
+      // A write into the span starts from zeroes; the blocks around it stay trimmed.
+      const at = TiB / 2 + 100
+      yield* handle.write(at, pattern(10, 9), write)
+      const expected = new Uint8Array(BLOCK)
+      expected.set(pattern(10, 9), 100)
+      expectBytes(yield* handle.read(TiB / 2, BLOCK), expected)
+      const { HOLE, ZERO } = AllocationState
+      expect(yield* handle.blockStatus(TiB / 2 - BLOCK, 3 * BLOCK)).toEqual([
+        { length: BLOCK, flags: HOLE | ZERO },
+        { length: BLOCK, flags: 0 },
+        { length: BLOCK, flags: HOLE | ZERO }
+      ])
+      // Zeroing part of it again (NO_HOLE) splits the span; its partial first block is zero already.
+      yield* handle.writeZeroes(10 * BLOCK + 100, 10 * BLOCK - 100, { fua: false, noHole: true, fastZero: false })
+      expect(overlay.zeroedSpans).toEqual([
+        { first: 0, end: 11, state: "trimmed" },
+        { first: 11, end: 20, state: "zeroed" },
+        { first: 20, end: TiB / BLOCK, state: "trimmed" }
+      ])
+      // Trimming over all of it drops the copy and merges the spans back into one.
+      yield* handle.trim(0, TiB, write)
+      expect(overlay.zeroedSpans).toEqual([{ first: 0, end: TiB / BLOCK, state: "trimmed" }])
+      expect(overlay.blocks).toEqual([])
+      expect(overlay.allocatedBytes).toBe(0)
+    }))
+
+  it.scoped("writes, trims and zeroes over whole and partial blocks match a flat model, and so does block status", () =>
+    Effect.gen(function*() {
+      const { belowHash, driver, overlay, store } = setup()
+      const handle = yield* Testing.open(driver)
+      const model = pattern(SIZE, 7)
+      for (let op = 0; op < 300; op++) {
+        const offset = yield* Random.nextIntBetween(0, SIZE - 1)
+        const length = Math.min(SIZE - offset, yield* Random.nextIntBetween(1, 6 * BLOCK))
+        const kind = yield* Random.nextIntBetween(0, 4)
+        if (kind === 0) {
+          const data = pattern(length, op)
+          model.set(data, offset)
+          yield* handle.write(offset, data, write)
+        } else {
+          model.fill(0, offset, offset + length)
+          yield* kind === 1
+            ? handle.trim(offset, length, write)
+            : handle.writeZeroes(offset, length, { fua: false, noHole: kind === 2, fastZero: false })
+        }
+        expectBytes(yield* handle.read(0, SIZE), model)
+        const spans = overlay.zeroedSpans
+        for (let i = 1; i < spans.length; i++) {
+          const [a, b] = [spans[i - 1]!, spans[i]!]
+          expect(a.first < a.end && a.end <= b.first && !(a.end === b.first && a.state === b.state)).toBe(true)
+        }
+      }
+      let at = 0
+      for (const extent of yield* handle.blockStatus(0, SIZE)) {
+        if ((extent.flags & AllocationState.ZERO) !== 0) {
+          expect(model.subarray(at, at + extent.length).every((b) => b === 0)).toBe(true)
+        }
+        at += extent.length
+      }
+      expect(at).toBe(SIZE)
+      expect(sha256(store.read(0, SIZE))).toBe(belowHash)
+    }).pipe(Effect.withRandom(Random.make(7))))
+
   it("the plugin reads blocksize and refuses bad values", () => {
     expect(Either.isRight(Cow.plugin.make(new Map()))).toBe(true)
     expect(Either.isRight(Cow.plugin.make(new Map([["blocksize", "4K"]])))).toBe(true)
