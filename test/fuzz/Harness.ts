@@ -361,8 +361,10 @@ const awaitAnswers = async (
 ): Promise<Finding | undefined> => {
   if (reader === undefined) return undefined
   const expected = reader.expectation.replies
-  await within(ms, () => reader.answered >= expected || reader.error !== undefined || isClosed(), subscribe)
-  if (reader.answered >= expected || reader.error !== undefined) return undefined
+  // Past the model, replies are no longer counted: the server answered beyond what it was expected to.
+  const settled = () => reader.answered >= expected || reader.error !== undefined || reader.beyondModel
+  await within(ms, () => settled() || isClosed(), subscribe)
+  if (settled()) return undefined
   if (!isClosed()) {
     return {
       kind: "hang",

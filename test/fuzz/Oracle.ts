@@ -122,6 +122,11 @@ export class ReplyReader {
   answered = 0
   /** Why the stream is not what the server should send, once it is not. */
   error: string | undefined
+  /**
+   * Set once a simple reply came for a request beyond an inexact model (after a payload
+   * cut short): whether data follows it is unknown, so nothing after it is checked.
+   */
+  beyondModel = false
   private header: Array<number> = []
   private need: Need
   private skip = 0
@@ -146,7 +151,7 @@ export class ReplyReader {
 
   feed(chunk: Uint8Array): void {
     let at = 0
-    while (at < chunk.length && this.error === undefined) {
+    while (at < chunk.length && this.error === undefined && !this.beyondModel) {
       if (this.skip > 0) {
         const n = Math.min(this.skip, chunk.length - at)
         if (this.verifyAt >= 0) this.verify(chunk.subarray(at, at + n))
@@ -252,6 +257,11 @@ export class ReplyReader {
       if (magic !== 0x67446698) return this.fail("bad simple reply magic", bytes)
       const error = bytes.readUInt32BE(4)
       const cookie = bytes.readBigUInt64BE(8)
+      if (!e.exact && (this.due.get(cookie) ?? 0) === 0) {
+        this.answered++
+        this.beyondModel = true
+        return
+      }
       const read = this.simpleReads.get(cookie)
       if (error === 0 && read !== undefined) this.payload(toNumber(read.length), toNumber(read.offset))
       return this.final(cookie, bytes)

@@ -6,12 +6,12 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import { describe, expect, it } from "vitest"
 import * as MemoryDriver from "../../src/drivers/Memory.ts"
-import { CommandFlags } from "../../src/protocol/Constants.ts"
+import { CommandFlags, Option } from "../../src/protocol/Constants.ts"
 import * as Export from "../../src/Export.ts"
 import * as InProcess from "../../src/testing/InProcess.ts"
 import type { Delivery } from "./Generators.ts"
 import * as Harness from "./Harness.ts"
-import { goAndRead } from "./Oracle.ts"
+import { goAndRead, ReplyReader } from "./Oracle.ts"
 
 const KiB = 1024
 const MiB = 1024 * KiB
@@ -139,5 +139,39 @@ describe("finding 2: TRIM and WRITE_ZEROES on the sparse memory driver cost O(ra
     expect(store.allocatedBytes).toBe(MemoryDriver.MAX_PROVISION)
     store.zero(2 * MemoryDriver.MAX_PROVISION, MemoryDriver.MAX_PROVISION + 1, true)
     expect(store.allocatedBytes).toBe(MemoryDriver.MAX_PROVISION)
+  })
+})
+
+describe("finding 3 (the oracle's): a simple READ reply after a payload cut short was parsed as reply headers", () => {
+  // Seed 511289614 case 36066, shrunk: EXPORT_NAME "rw" (simple replies), then a WRITE of
+  // 1100 bytes followed by 1016 only: the server takes the next three headers as the rest of
+  // its payload and answers a READ after them with a simple reply and 512 bytes of data. The
+  // model stops at the cut (an inexact expectation), so the reader did not know that reply
+  // was a READ's and took its data for the next reply's header ("bad simple reply magic").
+  // Replies to requests beyond the model are now counted and nothing after them is checked.
+  it("the reader stops checking at the first reply beyond an inexact model", () => {
+    const reader = new ReplyReader({
+      replies: 0,
+      exact: false,
+      structured: false,
+      extended: false,
+      noZeroes: true,
+      exportName: "rw",
+      options: [{ option: Option.EXPORT_NAME }],
+      requests: []
+    })
+    const simple = (cookie: bigint) => {
+      const reply = Buffer.alloc(16)
+      reply.writeUInt32BE(0x67446698, 0)
+      reply.writeBigUInt64BE(cookie, 8)
+      return reply
+    }
+    const greeting = Buffer.alloc(18)
+    greeting.writeBigUInt64BE(0x4e42444d41474943n, 0)
+    greeting.writeBigUInt64BE(0x49484156454f5054n, 8)
+    reader.feed(Buffer.concat([greeting, Buffer.alloc(10), simple(1n), simple(5n), Buffer.alloc(512), simple(6n)]))
+    expect(reader.error).toBeUndefined()
+    expect(reader.beyondModel).toBe(true)
+    expect(reader.answered).toBe(1)
   })
 })
