@@ -13,7 +13,7 @@
  *
  * With --filters, the same run also measures effect-nbd's memory export behind
  * `--filter error:rate=0` (one filter on the Effect path), three of them, and
- * `--filter stats` (a filter that keeps the synchronous fast path), each right after
+ * `--filter stats` (a filter that keeps the synchronous fast path), in the same rounds as
  * plain effect-nbd; the table gains a column per stack and a ratio of each stack to
  * plain effect-nbd (next to effect-nbd / nbdkit memory).
  *
@@ -22,6 +22,9 @@
  * to effect-nbd and nbdkit memory, each with X.509 certificates and with TLS-PSK (fresh
  * credentials for the run, see tls.ts), with the server's CPU time per GiB copied, and
  * ratios to nbdkit X.509. The TLS cipher each server negotiates with libnbd is noted.
+ *
+ * Each round starts every server afresh and runs each workload against every server in
+ * turn (the order turning by one server per round); the report gives medians of the rounds.
  *
  * Exits 1 if any server or tool failed, 0 otherwise.
  */
@@ -120,7 +123,7 @@ const negotiatedCipher = async (uri: string): Promise<string> => {
 const USAGE =
   "usage: npm run bench [-- [--quick] [--rounds N] [--filters | --tls]]\n" +
   "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies, one round (report in bench/results/quick.md)\n" +
-  "  --rounds N  rounds over all servers, interleaved, each server fresh; the report gives medians (default 3, quick 1)\n" +
+  "  --rounds N  rounds, each with every server fresh and each workload run on every server in turn; the report gives medians (default 3, quick 1)\n" +
   "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats, +dirty\n" +
   "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n" +
   "  --files     instead, the file driver against nbdkit's file plugin on tmpfs and disk (bench/results/files.md)\n" +
@@ -251,76 +254,102 @@ const main = async (): Promise<number> => {
   const notes: Array<string> = []
   const ciphers: Array<string> = []
 
-  for (let round = 1; round <= rounds; round++) for (const { id: serverId, label } of servers) {
-    if (isShuttingDown()) break
-    progress(`\n== ${label}${rounds > 1 ? ` (round ${round} of ${rounds})` : ""}`)
-    let server: RunningServer
-    try {
-      server = await startServer(serverId, mode.bytes, repoRoot, credentials)
-    } catch (error) {
-      const message = error instanceof Error ? error.message : String(error)
-      failures.push(`${label}: ${message}`)
-      progress(`   ${message}`)
-      const rowIds = [...FIO_ROWS.map((r) => r.id), ...copies.flatMap((c) => [c.id, cpuRowId(c.id)]), "rss"]
-      for (const row of rowIds) put(row, serverId, { error: message })
-      continue
+  /** A server of the current round: started (or why not), with its id and label. */
+  interface Entry {
+    readonly serverId: ServerId
+    readonly label: string
+    readonly server: RunningServer
+  }
+  const live = (entries: ReadonlyArray<Entry>) => entries.filter((e) => e.server.alive() && !isShuttingDown())
+
+  /** Starts every server of a round; one that fails to start gets the error in every row. */
+  const startRound = async (order: ReadonlyArray<(typeof servers)[number]>): Promise<Array<Entry>> => {
+    const entries: Array<Entry> = []
+    for (const { id: serverId, label } of order) {
+      if (isShuttingDown()) break
+      try {
+        const server = await startServer(serverId, mode.bytes, repoRoot, credentials)
+        progress(`   ${label} listening at ${server.uri} (pid ${server.pid})`)
+        if (tls) {
+          const cipher = await negotiatedCipher(server.uri)
+          if (!ciphers.includes(`${label}: ${cipher}`)) ciphers.push(`${label}: ${cipher}`)
+          progress(`   ${label} TLS: ${cipher}`)
+        }
+        entries.push({ serverId, label, server })
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error)
+        failures.push(`${label}: ${message}`)
+        progress(`   ${label}: ${message}`)
+        const rowIds = [...FIO_ROWS.map((r) => r.id), ...copies.flatMap((c) => [c.id, cpuRowId(c.id)]), "rss"]
+        for (const row of rowIds) put(row, serverId, { error: message })
+      }
     }
-    progress(`   listening at ${server.uri} (pid ${server.pid})`)
+    return entries
+  }
+
+  const measureFio = async ({ label, server, serverId }: Entry, w: FioWorkload, round: number) => {
+    const result = await runFio(w, server.uri, mode.bytes, mode.timing, path.join(rawDir, `${serverId}-${w.id}${rounds > 1 ? `-${round}` : ""}.json`))
+    if (result.stderr !== "") notes.push(`${label}, fio ${w.id} printed: ${result.stderr.split("\n").slice(0, 3).join(" | ")}`)
+    const rows = FIO_ROWS.filter((row) => row.workload === w)
+    if (result.ok) {
+      for (const row of rows) put(row.id, serverId, { value: row.pick(result.value) })
+      const r = result.value
+      progress(
+        `   ${label.padEnd(22)} fio ${w.id.padEnd(18)} ${r.mibPerSec.toFixed(1).padStart(8)} MiB/s ${r.iops.toFixed(0).padStart(8)} IOPS` +
+          `  clat mean ${r.clatMeanUs.toFixed(1)} µs p99 ${r.clatP99Us.toFixed(1)} µs`
+      )
+    } else {
+      for (const row of rows) put(row.id, serverId, { error: result.error })
+      failures.push(`${label}, fio ${w.id}: ${result.error}`)
+      progress(`   ${label} fio ${w.id}: ${result.error}`)
+    }
+  }
+
+  const measureCopy = async ({ label, server, serverId }: Entry, copy: CopyRun) => {
+    const cpuBefore = server.cpuSeconds()
+    const result = await runCopy(copy, server.uri, randomFile, mode.bytes)
+    const cpuAfter = server.cpuSeconds()
+    if (result.ok) {
+      put(copy.id, serverId, { value: result.value.mibPerSec })
+      const cpuPerGiB = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / (mode.bytes / GiB)
+      if (cpuPerGiB !== undefined) put(cpuRowId(copy.id), serverId, { value: cpuPerGiB })
+      progress(
+        `   ${label.padEnd(22)} nbdcopy ${copy.id.padEnd(14)} ${result.value.mibPerSec.toFixed(1).padStart(8)} MiB/s (${result.value.seconds.toFixed(2)} s)` +
+          (cpuPerGiB === undefined ? "" : `, server CPU ${cpuPerGiB.toFixed(2)} s/GiB`)
+      )
+    } else {
+      put(copy.id, serverId, { error: result.error })
+      failures.push(`${label}, nbdcopy ${copy.id}: ${result.error}`)
+      progress(`   ${label} nbdcopy ${copy.id}: ${result.error}`)
+    }
+  }
+
+  /** Records a server's peak RSS, stops it and keeps its log. */
+  const finish = async ({ label, server, serverId }: Entry) => {
+    const rss = server.peakRss()
+    if (rss !== undefined) put("rss", serverId, { value: rss / MiB })
+    if (!server.alive()) failures.push(`${label} exited during the bench (remaining workloads skipped)`)
+    else progress(`   ${label} peak RSS ${rss === undefined ? "unknown" : `${(rss / MiB).toFixed(0)} MiB`}`)
+    await server.stop()
+    const log = server.log()
+    writeFileSync(path.join(resultsDir, `${serverId}.log`), log)
+    const suspicious = suspiciousLines(log)
+    if (suspicious.length > 0) {
+      notes.push(`${label} logged ${suspicious.length} warning/error line(s), e.g.: ${suspicious.slice(0, 3).join(" | ")}`)
+    }
+  }
+
+  // Each workload runs against every server in turn, so that a slow spell of the machine
+  // falls on all of them alike; the order turns by one server each round.
+  for (let round = 1; round <= rounds && !isShuttingDown(); round++) {
+    progress(`\n== round ${round} of ${rounds}`)
+    const shift = (round - 1) % servers.length
+    const entries = await startRound([...servers.slice(shift), ...servers.slice(0, shift)])
     try {
-      if (tls) {
-        const cipher = await negotiatedCipher(server.uri)
-        if (!ciphers.includes(`${label}: ${cipher}`)) ciphers.push(`${label}: ${cipher}`)
-        progress(`   TLS: ${cipher}`)
-      }
-      for (const w of tls ? [] : [PREFILL, ...WORKLOADS]) {
-        if (!server.alive() || isShuttingDown()) break
-        const result = await runFio(w, server.uri, mode.bytes, mode.timing, path.join(rawDir, `${serverId}-${w.id}${rounds > 1 ? `-${round}` : ""}.json`))
-        if (result.stderr !== "") notes.push(`${label}, fio ${w.id} printed: ${result.stderr.split("\n").slice(0, 3).join(" | ")}`)
-        const rows = FIO_ROWS.filter((row) => row.workload === w)
-        if (result.ok) {
-          for (const row of rows) put(row.id, serverId, { value: row.pick(result.value) })
-          const r = result.value
-          progress(
-            `   fio ${w.id.padEnd(18)} ${r.mibPerSec.toFixed(1).padStart(8)} MiB/s ${r.iops.toFixed(0).padStart(8)} IOPS` +
-              `  clat mean ${r.clatMeanUs.toFixed(1)} µs p99 ${r.clatP99Us.toFixed(1)} µs`
-          )
-        } else {
-          for (const row of rows) put(row.id, serverId, { error: result.error })
-          failures.push(`${label}, fio ${w.id}: ${result.error}`)
-          progress(`   fio ${w.id}: ${result.error}`)
-        }
-      }
-      for (const copy of copies) {
-        if (!server.alive() || isShuttingDown()) break
-        const cpuBefore = server.cpuSeconds()
-        const result = await runCopy(copy, server.uri, randomFile, mode.bytes)
-        const cpuAfter = server.cpuSeconds()
-        if (result.ok) {
-          put(copy.id, serverId, { value: result.value.mibPerSec })
-          const cpuPerGiB = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / (mode.bytes / GiB)
-          if (cpuPerGiB !== undefined) put(cpuRowId(copy.id), serverId, { value: cpuPerGiB })
-          progress(
-            `   nbdcopy ${copy.id.padEnd(14)} ${result.value.mibPerSec.toFixed(1).padStart(8)} MiB/s (${result.value.seconds.toFixed(2)} s)` +
-              (cpuPerGiB === undefined ? "" : `, server CPU ${cpuPerGiB.toFixed(2)} s/GiB`)
-          )
-        } else {
-          put(copy.id, serverId, { error: result.error })
-          failures.push(`${label}, nbdcopy ${copy.id}: ${result.error}`)
-          progress(`   nbdcopy ${copy.id}: ${result.error}`)
-        }
-      }
-      const rss = server.peakRss()
-      if (rss !== undefined) put("rss", serverId, { value: rss / MiB })
-      if (!server.alive()) failures.push(`${label} exited during the bench (remaining workloads skipped)`)
-      else progress(`   peak RSS ${rss === undefined ? "unknown" : `${(rss / MiB).toFixed(0)} MiB`}`)
+      for (const w of tls ? [] : [PREFILL, ...WORKLOADS]) for (const entry of live(entries)) await measureFio(entry, w, round)
+      for (const copy of copies) for (const entry of live(entries)) await measureCopy(entry, copy)
     } finally {
-      await server.stop()
-      const log = server.log()
-      writeFileSync(path.join(resultsDir, `${serverId}.log`), log)
-      const suspicious = suspiciousLines(log)
-      if (suspicious.length > 0) {
-        notes.push(`${label} logged ${suspicious.length} warning/error line(s), e.g.: ${suspicious.slice(0, 3).join(" | ")}`)
-      }
+      for (const entry of entries) await finish(entry)
     }
   }
 
@@ -373,7 +402,7 @@ const main = async (): Promise<number> => {
               .join("; ")
         ]
       : []),
-    `- rounds: ${rounds}${rounds > 1 ? " over all servers in turn, each server started afresh per round; every figure is the median of the rounds" : ""}`,
+    `- rounds: ${rounds}${rounds > 1 ? "; in each, all servers started afresh and every workload run against each server in turn (the order turning by one server per round); every figure is the median of the rounds" : ""}`,
     `- total bench time: ${totalSeconds.toFixed(1)} s`,
     "",
     renderTable(rows, servers, tls ? TLS_RATIOS : defaultRatios(servers)),
