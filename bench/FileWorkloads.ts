@@ -1,11 +1,13 @@
 /**
  * File workloads (`npm run bench -- --files [--quick]`): effect-nbd's file driver against
  * nbdkit's file plugin serving the same image file, on tmpfs (/dev/shm) and on the disk
- * holding the repository. Each server in turn, on each file system: fio 1 MiB sequential
- * read and write at QD8 and 4 KiB random read and write at QD32, nbdcopy of random data
- * into the export and out of it (4 connections), and the time of a sparse copy (nbdcopy
- * to a new local file) of a large image holding little data, which only a server that
- * reports holes copies quickly. Reports go to bench/results/files.md (files-quick.md).
+ * holding the repository. On each file system, in each round, every workload runs against
+ * one server then the other (both up at once, each on its own copy of the image, the order
+ * swapped each round): fio 1 MiB sequential read and write at QD8 and 4 KiB random read and
+ * write at QD32, nbdcopy of random data into the export and out of it (4 connections), and
+ * the time of a sparse copy (nbdcopy to a new local file) of a large image holding little
+ * data, which only a server that reports holes copies quickly. The report gives medians of
+ * the rounds; it goes to bench/results/files.md (files-quick.md).
  */
 import { execFileSync } from "node:child_process"
 import { copyFileSync, existsSync, mkdtempSync, openSync, closeSync, rmSync, statSync, truncateSync, writeSync } from "node:fs"
@@ -16,6 +18,7 @@ import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
 import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
 import { failure, hasExited, isShuttingDown, runToCompletion, spawnTracked, stop } from "./proc.ts"
 import { effectNbdArgs, freePort } from "./servers.ts"
+import { median } from "./table.ts"
 
 const MiB = 2 ** 20
 const GiB = 2 ** 30
@@ -97,11 +100,13 @@ const makeSparseImage = (file: string, size: number, data: number): void => {
 /** One measured value or why there is none. */
 type Cell = { readonly value: number } | { readonly error: string }
 
+/** A row of the report: each server's values over the rounds (the report gives their median) or its error. */
 interface Row {
   readonly label: string
   readonly decimals: number
   readonly lowerIsBetter: boolean
-  readonly cells: Map<ServerName, Cell>
+  readonly samples: Map<ServerName, Array<number>>
+  readonly errors: Map<ServerName, string>
 }
 
 const fioLabel: Record<(typeof FIO_IDS)[number], string> = {
@@ -111,64 +116,100 @@ const fioLabel: Record<(typeof FIO_IDS)[number], string> = {
   "rand-write-4k-qd32": "rand write 4 KiB QD32 (IOPS)"
 }
 
-/** Measures one server on one place, filling `rows`. */
-const measure = async (
-  name: ServerName,
-  place: Place,
-  mode: FileMode,
-  files: { readonly image: string; readonly random: string; readonly sparse: string },
-  repoRoot: string,
-  rawDir: string,
-  row: (label: string, decimals: number, lowerIsBetter: boolean) => Row,
-  failures: Array<string>,
-  progress: (line: string) => void
+/** What one round on one place needs. */
+interface RoundContext {
+  readonly place: Place
+  readonly mode: FileMode
+  readonly files: { readonly random: string; readonly sparse: string }
+  readonly repoRoot: string
+  readonly rawDir: string
+  readonly row: (label: string, decimals: number, lowerIsBetter: boolean) => Row
+  readonly failures: Array<string>
+  readonly progress: (line: string) => void
+}
+
+/** Records a value, or an error, of `name` in row `r`. */
+const record = (ctx: RoundContext, r: Row, name: ServerName, cell: Cell) => {
+  if ("error" in cell) {
+    r.errors.set(name, cell.error)
+    ctx.failures.push(`${ctx.place.name}, ${name}, ${r.label}: ${cell.error}`)
+  } else r.samples.set(name, [...(r.samples.get(name) ?? []), cell.value])
+}
+
+/** Starts a server of each name on `imageOf(name)`, in `order`; stops them when `f` is done. */
+const withServers = async (
+  ctx: RoundContext,
+  order: ReadonlyArray<ServerName>,
+  imageOf: (name: ServerName) => string,
+  f: (running: ReadonlyArray<{ readonly name: ServerName; readonly server: Running }>) => Promise<void>
 ): Promise<void> => {
-  const put = (r: Row, cell: Cell) => {
-    r.cells.set(name, cell)
-    if ("error" in cell) failures.push(`${place.name}, ${name}, ${r.label}: ${cell.error}`)
-  }
-  const server = await startServer(name, files.image, repoRoot)
+  const running: Array<{ readonly name: ServerName; readonly server: Running }> = []
   try {
-    for (const id of FIO_IDS) {
-      if (!server.alive() || isShuttingDown()) break
-      const workload = WORKLOADS.find((w) => w.id === id)!
-      const raw = path.join(rawDir, `files-${place.name}-${name.replace(/ /g, "-")}-${id}.json`)
-      const result = await runFio(workload, server.uri, mode.bytes, mode.timing, raw)
-      const r = row(`${place.name}: ${fioLabel[id]}`, id.startsWith("rand") ? 0 : 1, false)
-      if (result.ok) put(r, { value: id.startsWith("rand") ? result.value.iops : result.value.mibPerSec })
-      else put(r, { error: result.error })
-      progress(`   ${name} ${place.name} fio ${id}: ${result.ok ? (id.startsWith("rand") ? `${result.value.iops.toFixed(0)} IOPS` : `${result.value.mibPerSec.toFixed(1)} MiB/s`) : result.error}`)
-    }
-    for (const copy of [COPY_IN, COPY_OUT]) {
-      if (!server.alive() || isShuttingDown()) break
-      const result = await runCopy(copy, server.uri, files.random, mode.bytes)
-      const label = `${place.name}: nbdcopy ${mode.bytes / MiB} MiB ${copy === COPY_IN ? "in (file → export)" : "out (export → null:)"}, 4 conn (MiB/s)`
-      put(row(label, 1, false), result.ok ? { value: result.value.mibPerSec } : { error: result.error })
-      progress(`   ${name} ${place.name} nbdcopy ${copy.id}: ${result.ok ? `${result.value.mibPerSec.toFixed(1)} MiB/s` : result.error}`)
-    }
+    for (const name of order) running.push({ name, server: await startServer(name, imageOf(name), ctx.repoRoot) })
+    await f(running)
   } finally {
-    await server.stop()
-  }
-  // The sparse copy: a server of its own on the sparse image, copied into a new local file.
-  const sparseServer = await startServer(name, files.sparse, repoRoot)
-  const target = path.join(place.dir, "sparse-copy.img")
-  try {
-    rmSync(target, { force: true })
-    const result = await runToCompletion("nbdcopy", [sparseServer.uri, target], 600_000)
-    const failed = failure("nbdcopy", result)
-    const label = `${place.name}: sparse copy of ${mode.sparseBytes / GiB} GiB holding ${mode.sparseData / MiB} MiB to a new file (s)`
-    put(row(label, 2, true), failed === undefined ? { value: result.seconds } : { error: failed })
-    const used = existsSync(target) ? statSync(target).blocks * 512 : 0
-    progress(`   ${name} ${place.name} sparse copy: ${failed ?? `${result.seconds.toFixed(2)} s, copy occupies ${(used / MiB).toFixed(0)} MiB`}`)
-  } finally {
-    await sparseServer.stop()
-    rmSync(target, { force: true })
+    for (const { server } of running) await server.stop()
   }
 }
 
+/**
+ * One round on one place: both servers up at once, each on an image of its own holding the
+ * same bytes, and every workload run against one then the other (`order`), so that a slow
+ * spell of the machine falls on both alike; then the sparse copy, likewise.
+ */
+const measureRound = async (ctx: RoundContext, round: number, order: ReadonlyArray<ServerName>): Promise<void> => {
+  const { mode, place, progress } = ctx
+  const imageOf = (name: ServerName) => path.join(place.dir, `image-${name.split(" ")[0]}.img`)
+  for (const name of order) copyFileSync(ctx.files.random, imageOf(name)) // every server starts from the same bytes
+  await withServers(ctx, order, imageOf, async (running) => {
+    const live = () => running.filter(({ server }) => server.alive() && !isShuttingDown())
+    for (const id of FIO_IDS) {
+      const workload = WORKLOADS.find((w) => w.id === id)!
+      for (const { name, server } of live()) {
+        const raw = path.join(ctx.rawDir, `files-${place.name}-${name.replace(/ /g, "-")}-${id}-${round}.json`)
+        const result = await runFio(workload, server.uri, mode.bytes, mode.timing, raw)
+        const value = (r: typeof result & { ok: true }) => id.startsWith("rand") ? r.value.iops : r.value.mibPerSec
+        record(ctx, ctx.row(`${place.name}: ${fioLabel[id]}`, id.startsWith("rand") ? 0 : 1, false), name, result.ok ? { value: value(result) } : { error: result.error })
+        progress(`   ${name} ${place.name} fio ${id}: ${result.ok ? `${value(result).toFixed(id.startsWith("rand") ? 0 : 1)}${id.startsWith("rand") ? " IOPS" : " MiB/s"}` : result.error}`)
+      }
+    }
+    for (const copy of [COPY_IN, COPY_OUT]) {
+      for (const { name, server } of live()) {
+        const result = await runCopy(copy, server.uri, ctx.files.random, mode.bytes)
+        const label = `${place.name}: nbdcopy ${mode.bytes / MiB} MiB ${copy === COPY_IN ? "in (file → export)" : "out (export → null:)"}, 4 conn (MiB/s)`
+        record(ctx, ctx.row(label, 1, false), name, result.ok ? { value: result.value.mibPerSec } : { error: result.error })
+        progress(`   ${name} ${place.name} nbdcopy ${copy.id}: ${result.ok ? `${result.value.mibPerSec.toFixed(1)} MiB/s` : result.error}`)
+      }
+    }
+  })
+  for (const name of order) rmSync(imageOf(name), { force: true })
+  // The sparse copy: both servers on the sparse image, each copied into a new local file.
+  await withServers(ctx, order, () => ctx.files.sparse, async (running) => {
+    const target = path.join(place.dir, "sparse-copy.img")
+    for (const { name, server } of running) {
+      rmSync(target, { force: true })
+      const result = await runToCompletion("nbdcopy", [server.uri, target], 600_000)
+      const failed = failure("nbdcopy", result)
+      const label = `${place.name}: sparse copy of ${mode.sparseBytes / GiB} GiB holding ${mode.sparseData / MiB} MiB to a new file (s)`
+      record(ctx, ctx.row(label, 2, true), name, failed === undefined ? { value: result.seconds } : { error: failed })
+      const used = existsSync(target) ? statSync(target).blocks * 512 : 0
+      progress(`   ${name} ${place.name} sparse copy: ${failed ?? `${result.seconds.toFixed(2)} s, copy occupies ${(used / MiB).toFixed(0)} MiB`}`)
+      rmSync(target, { force: true })
+    }
+  })
+}
+
+/** The cell of a row for one server: the median of its values, or its error when it has none. */
+const cellOf = (r: Row, name: ServerName): Cell | undefined => {
+  const values = r.samples.get(name)
+  if (values !== undefined && values.length > 0) return { value: median(values) }
+  const error = r.errors.get(name)
+  return error === undefined ? undefined : { error }
+}
+
 const ratioText = (r: Row): string => {
-  const ours = r.cells.get("effect-nbd file")
-  const theirs = r.cells.get("nbdkit file")
+  const ours = cellOf(r, "effect-nbd file")
+  const theirs = cellOf(r, "nbdkit file")
   if (ours === undefined || theirs === undefined || "error" in ours || "error" in theirs || theirs.value === 0) return "—"
   const ratio = r.lowerIsBetter ? theirs.value / ours.value : ours.value / theirs.value
   return `${ratio.toFixed(2)}×`
@@ -180,11 +221,12 @@ const cellText = (cell: Cell | undefined, decimals: number) =>
 /** Runs the file workloads; returns the report (markdown) and what failed. */
 export const runFileWorkloads = async (options: {
   readonly mode: FileMode
+  readonly rounds: number
   readonly repoRoot: string
   readonly rawDir: string
   readonly progress: (line: string) => void
 }): Promise<{ readonly report: string; readonly failures: ReadonlyArray<string> }> => {
-  const { mode, progress, repoRoot } = options
+  const { mode, progress, repoRoot, rounds } = options
   const started = process.hrtime.bigint()
   const places: Array<Place> = []
   const made: Array<string> = []
@@ -197,7 +239,7 @@ export const runFileWorkloads = async (options: {
   const row = (label: string, decimals: number, lowerIsBetter: boolean): Row => {
     const found = rows.find((r) => r.label === label)
     if (found !== undefined) return found
-    const fresh: Row = { label, decimals, lowerIsBetter, cells: new Map() }
+    const fresh: Row = { label, decimals, lowerIsBetter, samples: new Map(), errors: new Map() }
     rows.push(fresh)
     return fresh
   }
@@ -207,22 +249,20 @@ export const runFileWorkloads = async (options: {
     for (const place of places) {
       const type = execFileSync("df", ["-T", place.dir], { encoding: "utf8" }).split("\n")[1]?.split(/\s+/)[1] ?? "?"
       fsTypes.push(`${place.name} = ${type} (${place.dir.replace(/-[^-/]*$/, "-*")})`)
-      progress(`\n== files on ${place.name} (${type})`)
       const random = path.join(place.dir, "random.bin")
       await createRandomFile(random, mode.bytes)
-      const image = path.join(place.dir, "image.img")
       const sparse = path.join(place.dir, "sparse.img")
       makeSparseImage(sparse, mode.sparseBytes, mode.sparseData)
-      for (const name of SERVER_NAMES) {
-        if (isShuttingDown()) break
-        copyFileSync(random, image) // every server starts from the same bytes
+      const ctx: RoundContext = { place, mode, files: { random, sparse }, repoRoot, rawDir: options.rawDir, row, failures, progress }
+      for (let round = 1; round <= rounds && !isShuttingDown(); round++) {
+        progress(`\n== files on ${place.name} (${type}), round ${round} of ${rounds}`)
+        const order = round % 2 === 1 ? SERVER_NAMES : [...SERVER_NAMES].reverse()
         try {
-          await measure(name, place, mode, { image, random, sparse }, repoRoot, options.rawDir, row, failures, progress)
+          await measureRound(ctx, round, order)
         } catch (error) {
-          failures.push(`${place.name}, ${name}: ${error instanceof Error ? error.message : String(error)}`)
+          failures.push(`${place.name}, round ${round}: ${error instanceof Error ? error.message : String(error)}`)
         }
       }
-      rmSync(image, { force: true })
     }
   } finally {
     cleanup()
@@ -231,12 +271,13 @@ export const runFileWorkloads = async (options: {
   const table = [
     `| workload | ${SERVER_NAMES.join(" | ")} | effect-nbd / nbdkit |`,
     `|---|${SERVER_NAMES.map(() => "---:").join("|")}|---:|`,
-    ...rows.map((r) => `| ${r.label} | ${SERVER_NAMES.map((n) => cellText(r.cells.get(n), r.decimals)).join(" | ")} | ${ratioText(r)} |`)
+    ...rows.map((r) => `| ${r.label} | ${SERVER_NAMES.map((n) => cellText(cellOf(r, n), r.decimals)).join(" | ")} | ${ratioText(r)} |`)
   ]
   const report = [
     `## File driver: effect-nbd file against nbdkit file (${mode.name})`,
     "",
-    `- image ${mode.bytes / MiB} MiB of random data served by each server in turn from the same file system: ${fsTypes.join(", ")}`,
+    `- image ${mode.bytes / MiB} MiB of random data, a copy of it for each server, on each file system: ${fsTypes.join(", ")}`,
+    `- rounds: ${rounds}; in each, both servers up at once and every workload run against one then the other (the order swapped each round); every figure is the median of the rounds`,
     `- fio nbd ioengine, 1 job, ${mode.timing.runtimeSeconds} s per workload; nbdcopy --connections=4 --threads=4, out with --no-extents`,
     `- sparse copy: \`nbdcopy URI new-file\` of a ${mode.sparseBytes / GiB} GiB image holding ${mode.sparseData / MiB} MiB in 1 MiB pieces`,
     `- total time: ${seconds.toFixed(1)} s`,

@@ -42,6 +42,7 @@ import {
   type Cell,
   defaultRatios,
   FILTER_RATIO_NOTE,
+  median,
   RATIO_NOTE,
   renderTable,
   type Row,
@@ -176,13 +177,6 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
   return { mode, filters, tls, files, rounds: rounds ?? (mode.name === "quick" ? 1 : 3) }
 }
 
-/** The median of some numbers (the mean of the middle two for an even count). */
-const median = (values: ReadonlyArray<number>): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
-
 /** A markdown list item on one line. */
 const bullet = (text: string) => `- ${text.trim().replace(/\s*\n\s*/g, " | ")}`
 
@@ -201,7 +195,7 @@ const main = async (): Promise<number> => {
   }
   const { files, filters, mode, rounds, tls } = parseArgs(process.argv.slice(2))
   buildEffectNbd(root)
-  if (files) return runFiles(mode.name)
+  if (files) return runFiles(mode.name, rounds)
   const servers = tls ? TLS_SERVERS : serversOf(filters)
   const copies = tls ? [TLS_PREFILL, ...COPIES] : COPIES
   const startedAt = process.hrtime.bigint()
@@ -438,13 +432,13 @@ const main = async (): Promise<number> => {
 }
 
 /** `--files`: the file workloads alone, reported in bench/results/files.md (files-quick.md). */
-const runFiles = async (modeName: Mode["name"]): Promise<number> => {
+const runFiles = async (modeName: Mode["name"], rounds: number): Promise<number> => {
   const repoRoot = fileURLToPath(new URL("..", import.meta.url))
   const resultsDir = path.join(repoRoot, "bench", "results")
   const rawDir = path.join(resultsDir, "raw")
   mkdirSync(rawDir, { recursive: true })
   const info = await systemInfo(repoRoot)
-  const { failures, report } = await runFileWorkloads({ mode: FILE_MODES[modeName], repoRoot, rawDir, progress })
+  const { failures, report } = await runFileWorkloads({ mode: FILE_MODES[modeName], rounds, repoRoot, rawDir, progress })
   const text = [`# effect-nbd benchmark (files, ${modeName})`, "", formatSystemInfo(info), "", report].join("\n")
   process.stdout.write(`\n${text}`)
   const reportFile = path.join(resultsDir, modeName === "quick" ? "files-quick.md" : "files.md")

@@ -7,6 +7,13 @@
  */
 import { type ServerId, type ServerInfo, SERVERS } from "./servers.ts"
 
+/** The median of some numbers (the mean of the middle two for an even count). */
+export const median = (values: ReadonlyArray<number>): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
+
 /** A measured value, a failure, or nothing (not run). */
 export type Cell = { readonly value: number } | { readonly error: string } | undefined
 
