@@ -75,7 +75,7 @@ const takeBuffer = (size: number): Buffer => {
   return Buffer.allocUnsafeSlow(size)
 }
 
-/** Gives a socket's receive buffer back once the socket is closed: its handle reads no more. */
+/** Gives a socket's receive buffer back once the socket is closed: its handle (plain or TLS) reads no more. */
 const giveBackOnClose = (socket: Net.Socket, buffer: Buffer): void => {
   socket.once("close", () => {
     if (idleBuffers.length < POOLED_BUFFERS) idleBuffers.push(buffer)
@@ -174,7 +174,10 @@ const onreadSymbols = (socket: Net.Socket): { readonly buffer: symbol; readonly 
 
 /**
  * Makes a TLS socket deliver its decrypted bytes into a buffer of `bufferSize` bytes owned
- * by the connection, in place of a fresh buffer per TLS record. Node.js offers `onread`
+ * by the connection (one a closed connection left, when there is one), in place of a fresh
+ * buffer per TLS record. The buffer is given back once the socket has closed: Node.js emits
+ * `close` after the TLS layer and the connection under it are closed, so nothing decrypts
+ * into it any more. Node.js offers `onread`
  * only to TLS sockets it connects itself, so this sets what that option would have set (the
  * socket's private `onread` fields and its TLS handle's user buffer). Call it right after
  * the socket is made, before its handshake: bytes that arrive before a reader takes them are
@@ -190,7 +193,8 @@ export const adoptTls = (socket: Net.Socket, bufferSize: number): boolean => {
   if (symbols === undefined || typeof handle !== "object" || handle === null || typeof handle.useUserBuffer !== "function") {
     return false
   }
-  const buffer = Buffer.allocUnsafeSlow(bufferSize)
+  const buffer = takeBuffer(bufferSize)
+  giveBackOnClose(socket, buffer)
   const receiving = receiver()
   const fields = socket as unknown as Record<symbol, unknown>
   fields[symbols.buffer] = buffer

@@ -22,7 +22,7 @@ afterAll(() => certificates.remove())
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** A TLS server socket made over an accepted connection, adopted, and a client connected to it. */
-const connected = async () => {
+const connected = async (bufferSize = 64 * 1024) => {
   const secureContext = tls.createSecureContext({
     cert: fs.readFileSync(path.join(certificates.serverDir, "server-cert.pem")),
     key: fs.readFileSync(path.join(certificates.serverDir, "server-key.pem"))
@@ -35,7 +35,7 @@ const connected = async () => {
   const client = tls.connect({ port, host: "127.0.0.1", ca: certificates.ca, servername: "localhost" })
   client.on("error", () => {})
   const socket = await accepted
-  const adopted = OwnedReceive.adoptTls(socket, 64 * 1024)
+  const adopted = OwnedReceive.adoptTls(socket, bufferSize)
   const secure = new Promise<void>((resolve) => client.once("secureConnect", () => resolve()))
   return { server, client, socket, adopted, secure }
 }
@@ -76,5 +76,33 @@ describe("OwnedReceive over TLS", () => {
       socket.destroy()
       server.close()
     }
+  })
+
+  it("gives its buffer back once closed: the next TLS connection receives into the same one", async () => {
+    const size = 96 * 1024 // a size no other test uses
+    /** Connects, sends a few bytes, and returns the buffer they landed in once both sides closed. */
+    const bufferOfOne = async () => {
+      const { client, secure, server, socket } = await connected(size)
+      try {
+        await secure
+        let seen: ArrayBufferLike | undefined
+        OwnedReceive.sourceOf(socket)!.setSink((bytes) => {
+          seen ??= bytes.buffer
+          return true
+        })
+        client.write("hello")
+        while (seen === undefined) await sleep(5)
+        const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()))
+        client.destroy()
+        socket.destroy()
+        await closed
+        return seen
+      } finally {
+        server.close()
+      }
+    }
+    const first = await bufferOfOne()
+    expect(first.byteLength).toBe(size)
+    expect(await bufferOfOne()).toBe(first)
   })
 })
