@@ -314,15 +314,6 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     return out
   }
 
-  const tryReadChunks = (n: number): ReadonlyArray<Uint8Array> | undefined => {
-    if (total < n) return undefined
-    wanted = 0
-    const out: Array<Uint8Array> = []
-    consume(n, (piece) => out.push(piece))
-    resumeIfDrained()
-    return out
-  }
-
   const takeChunks = (max: number): ReadonlyArray<Uint8Array> => {
     wanted = 0
     const out: Array<Uint8Array> = []
@@ -330,6 +321,8 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     resumeIfDrained()
     return out
   }
+
+  const tryReadChunks = (n: number): ReadonlyArray<Uint8Array> | undefined => (total < n ? undefined : takeChunks(n))
 
   const discard = (n: number): number => {
     const dropped = Math.min(n, total)
