@@ -135,6 +135,11 @@ export const make = (ctx: ExecutionContext): Execution => {
   /** The debug line of a request answered with an error. */
   const logFailure = (req: Request, error: ProtocolError) =>
     Effect.logDebug(`${commandName(req.type)} failed: ${error.errno}: ${error.message}`)
+  /** Answers a request with the error its driver gave at once, logged as the Effect path logs it. */
+  const failNow = (req: Request, error: ProtocolError) => {
+    ctx.log(logFailure(req, error))
+    fail(req, error)
+  }
   const defect = (req: Request, cause: unknown) => {
     ctx.log(Effect.logError(`driver defect in ${commandName(req.type)}`, cause))
     fail(req, driverDefect)
@@ -198,27 +203,23 @@ export const make = (ctx: ExecutionContext): Execution => {
    */
   const streamWrite = (req: Request): PayloadSink | undefined => {
     if (sync === undefined || req.type !== Command.WRITE || (fuaOf(req) && !caps.fua)) return undefined
-    if (checkBounds(req, sync.size()) !== undefined) return undefined // answered by the Effect path
+    if (checkBounds(req, sync.size()) !== undefined) return undefined // answered by runSync
     let at = req.offset
-    let failure: { readonly error?: ProtocolError; readonly cause?: unknown } | undefined
+    /** How the request is answered once a piece failed (the rest is taken and dropped). */
+    let failed: (() => void) | undefined
     return {
       take: (piece) => {
-        if (failure !== undefined) return
+        if (failed !== undefined) return
         try {
-          if (at + piece.length > sync.size()) failure = { error: checkBounds(req, sync.size())! }
+          const outOfBounds = at + piece.length > sync.size() ? checkBounds(req, sync.size()) : undefined
+          if (outOfBounds !== undefined) failed = () => failNow(req, outOfBounds)
           else sync.write(at, piece)
         } catch (cause) {
-          failure = { cause }
+          failed = () => defect(req, cause)
         }
         at += piece.length
       },
-      end: () => {
-        if (failure === undefined) written(req)
-        else if (failure.error !== undefined) {
-          ctx.log(logFailure(req, failure.error))
-          fail(req, failure.error)
-        } else defect(req, failure.cause)
-      }
+      end: () => (failed === undefined ? written(req) : failed())
     }
   }
 
@@ -249,10 +250,7 @@ export const make = (ctx: ExecutionContext): Execution => {
     }
     if (outcome === false) return false
     if (outcome === true) written(req)
-    else {
-      ctx.log(logFailure(req, outcome))
-      fail(req, outcome)
-    }
+    else failNow(req, outcome)
     return true
   }
 
