@@ -252,13 +252,15 @@ const makePipeline = (
    * request started or answered, which is also when the next one's parsing starts.
    */
   let clock = 0
+  /** Times a request answered synchronously since `startedAt`, and moves the clock on. */
+  const answeredNow = (req: Request, startedAt: number) => {
+    clock = performance.now()
+    metrics.latency(req.type, (clock - startedAt) / 1000)
+  }
   const start = (req: Request, payload: ReadonlyArray<Uint8Array>) => {
     const startedAt = clock
     const effect = execution.run(req, payload)
-    if (effect === undefined) {
-      clock = performance.now()
-      return metrics.latency(req.type, (clock - startedAt) / 1000)
-    }
+    if (effect === undefined) return answeredNow(req, startedAt)
     const bytes = payload.reduce((n, piece) => n + piece.length, 0)
     inFlight++
     metrics.inFlight(1)
@@ -267,7 +269,7 @@ const makePipeline = (
     clock = performance.now()
   }
 
-  /** Hands a streamed payload's pieces on; the last one answers the request (timed like `start`'s synchronous answers). */
+  /** Hands a streamed payload's pieces on; the last one answers the request (timed as a synchronous answer). */
   const streamPieces = (step: Extract<RequestParser.Step, { _tag: "Pieces" }>) => {
     activity++ // a payload arriving slowly is activity too
     for (const piece of step.pieces) step.sink.take(piece)
@@ -275,8 +277,7 @@ const makePipeline = (
     metrics.request(step.req.type)
     const startedAt = clock
     step.sink.end()
-    clock = performance.now()
-    metrics.latency(step.req.type, (clock - startedAt) / 1000)
+    answeredNow(step.req, startedAt)
   }
 
   /** Waits for `n` more bytes, or ends the session if the stream is closed. */
