@@ -258,9 +258,8 @@ export class ReplyReader {
       const error = bytes.readUInt32BE(4)
       const cookie = bytes.readBigUInt64BE(8)
       if (!e.exact && (this.due.get(cookie) ?? 0) === 0) {
-        this.answered++
         this.beyondModel = true
-        return
+        return this.final(cookie, bytes)
       }
       const read = this.simpleReads.get(cookie)
       if (error === 0 && read !== undefined) this.payload(toNumber(read.length), toNumber(read.offset))
