@@ -165,12 +165,14 @@ const measureRound = async (ctx: RoundContext, round: number, order: ReadonlyArr
     const live = () => running.filter(({ server }) => server.alive() && !isShuttingDown())
     for (const id of FIO_IDS) {
       const workload = WORKLOADS.find((w) => w.id === id)!
+      const random = id.startsWith("rand") // reported in IOPS, the others in MiB/s
       for (const { name, server } of live()) {
+        const r = ctx.row(`${place.name}: ${fioLabel[id]}`, random ? 0 : 1, false)
         const raw = path.join(ctx.rawDir, `files-${place.name}-${name.replace(/ /g, "-")}-${id}-${round}.json`)
         const result = await runFio(workload, server.uri, mode.bytes, mode.timing, raw)
-        const value = (r: typeof result & { ok: true }) => id.startsWith("rand") ? r.value.iops : r.value.mibPerSec
-        record(ctx, ctx.row(`${place.name}: ${fioLabel[id]}`, id.startsWith("rand") ? 0 : 1, false), name, result.ok ? { value: value(result) } : { error: result.error })
-        progress(`   ${name} ${place.name} fio ${id}: ${result.ok ? `${value(result).toFixed(id.startsWith("rand") ? 0 : 1)}${id.startsWith("rand") ? " IOPS" : " MiB/s"}` : result.error}`)
+        const cell: Cell = result.ok ? { value: random ? result.value.iops : result.value.mibPerSec } : { error: result.error }
+        record(ctx, r, name, cell)
+        progress(`   ${name} ${place.name} fio ${id}: ${"error" in cell ? cell.error : `${cell.value.toFixed(r.decimals)}${random ? " IOPS" : " MiB/s"}`}`)
       }
     }
     for (const copy of [COPY_IN, COPY_OUT]) {
