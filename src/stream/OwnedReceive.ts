@@ -177,9 +177,9 @@ const onreadSymbols = (socket: Net.Socket): { readonly buffer: symbol; readonly 
  * by the connection (one a closed connection left, when there is one), in place of a fresh
  * buffer per TLS record. The buffer is given back once the socket has closed: Node.js emits
  * `close` after the TLS layer and the connection under it are closed, so nothing decrypts
- * into it any more. Node.js offers `onread`
- * only to TLS sockets it connects itself, so this sets what that option would have set (the
- * socket's private `onread` fields and its TLS handle's user buffer). Call it right after
+ * into it any more. Node.js offers `onread` only to TLS sockets it connects itself, so this
+ * sets what that option would have set (the socket's private `onread` fields and its TLS
+ * handle's user buffer). Call it right after
  * the socket is made, before its handshake: bytes that arrive before a reader takes them are
  * copied and kept. Returns `false` (the socket untouched) when a Node.js release changed
  * what this relies on.
