@@ -132,35 +132,6 @@ export interface SyncOperations {
    * `offset`), for storage that would otherwise copy into a fresh buffer per read.
    */
   readonly readInto?: ((offset: number, target: Uint8Array) => void) | undefined
-  /** Optional: READ payloads sent by the driver itself (see {@link DirectRead}). */
-  readonly direct?: DirectRead | undefined
-}
-
-/**
- * A READ's payload sent by the driver itself, straight to the connection's socket (the
- * file driver's `sendfile`, which hands the page cache's pages to the socket without
- * copying them through the process). The server sends the reply's header first, and
- * only while nothing of earlier replies waits to be written; plain TCP and Unix sockets
- * only (not TLS).
- */
-export interface DirectRead {
-  /**
-   * Sends up to `length` bytes from `offset` to the socket `fd` without waiting, and
-   * returns how many it sent (fewer once the socket's buffer is full) or a negative errno
-   * when it sent none.
-   */
-  readonly sendTo: (fd: number, offset: number, length: number) => number
-  /**
-   * Reads what `sendTo` left (all of `target` from `offset`) synchronously. The header is
-   * out by then: a throw closes the connection.
-   */
-  readonly readRest: (offset: number, target: Uint8Array) => void
-  /**
-   * Optional: whether `[offset, offset + length)` can be sent and read now without
-   * waiting (say, for a disk), asked before the reply's header is sent; when it cannot,
-   * the READ takes the usual path. Default: always.
-   */
-  readonly ready?: ((offset: number, length: number) => boolean) | undefined
 }
 
 /**
@@ -177,8 +148,6 @@ export interface ReadNow {
    * contents of `target` do not matter. A throw is a defect, answered EIO.
    */
   readonly into: (offset: number, target: Uint8Array) => boolean
-  /** Optional: READ payloads sent by the driver itself, tried before `into` (see {@link DirectRead}). */
-  readonly direct?: DirectRead | undefined
 }
 
 /**

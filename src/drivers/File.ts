@@ -25,8 +25,6 @@
  *   with `cache=none`, whose reads need aligned buffers of their own. A read the page
  *   cache holds is answered at once on the event loop (`preadv2` with `RWF_NOWAIT`,
  *   without a fiber: the handle's `readNow`); only the others wait for the thread pool.
- *   Where the client's socket is a plain TCP or Unix socket, a READ the page cache holds
- *   (every READ on tmpfs) is sent from it with `sendfile` (`FileDirectReads.ts`).
  *   A WRITE payload the server must copy (out of its receive buffer) goes into a pooled
  *   buffer as well (`writeCopies`: the kernel has the bytes once a write ends).
  *
@@ -55,7 +53,6 @@ import type { ProtocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { DriverPlugin } from "../Plugin.ts"
 import * as Calls from "./FileCalls.ts"
-import * as DirectReads from "./FileDirectReads.ts"
 import * as Io from "./FileIo.ts"
 import { type CacheMode, currentSize, type FadviseMode, open } from "./FileOpen.ts"
 import * as Space from "./FileSpace.ts"
@@ -164,16 +161,13 @@ export const makeSized = (
       size: Effect.sync(() => size),
       read: (offset, length) => io.read(offset, length),
       readInto: io.readInto,
-      ...(io.readIfCached === undefined ? {} : {
-        readNow: { size: () => size, into: io.readIfCached, direct: calls === undefined ? undefined : DirectReads.make(calls, fd, false) }
-      }),
+      ...(io.readIfCached === undefined ? {} : { readNow: { size: () => size, into: io.readIfCached } }),
       ...(inMemory
         ? {
           sync: {
             size: () => size,
             read: (offset: number, length: number) => [Io.readNow(fd, offset, length)],
             readInto: (offset: number, target: Uint8Array) => Io.readNowInto(fd, offset, target),
-            direct: calls === undefined ? undefined : DirectReads.make(calls, fd, true),
             write: (offset: number, data: Uint8Array) => readOnly ? failReadOnly() : Io.writeNow(fd, offset, data)
           }
         }

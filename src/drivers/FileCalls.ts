@@ -1,9 +1,8 @@
 /**
  * Linux system calls that Node.js's `fs` module lacks, for the file driver: `fallocate`
  * (punching holes and zeroing ranges), `lseek` with `SEEK_DATA`/`SEEK_HOLE` (finding
- * holes), the block-device ioctls (size, sector size, discard, zero-out),
- * `posix_fadvise`, `preadv2` with `RWF_NOWAIT`, `sendfile` (READ payloads straight from
- * the page cache to a socket) and `cachestat` (whether the page cache holds a range). They are bound to the C library through koffi (prebuilt binaries, no
+ * holes), the block-device ioctls (size, sector size, discard, zero-out) and
+ * `posix_fadvise`. They are bound to the C library through koffi (prebuilt binaries, no
  * compiler needed). Each function returns a negative errno on failure, never throws.
  *
  * Calls that may take long (`fallocate`, discard, zero-out) run on libuv's thread pool
@@ -57,18 +56,6 @@ export interface FileCalls {
    * file system cannot tell).
    */
   readonly readCached: (fd: number, buffer: Uint8Array, offset: number) => number
-  /**
-   * `sendfile(socket, fd, offset, length)` without waiting (the socket is non-blocking):
-   * the bytes sent, or a negative errno (`-EAGAIN` when the socket's buffer is full).
-   */
-  readonly sendFile: (socket: number, fd: number, offset: number, length: number) => number
-  /**
-   * How many pages of `[offset, offset + length)` the page cache holds (`cachestat`,
-   * Linux 6.5 and later), or a negative errno (`-ENOSYS` on older kernels).
-   */
-  readonly cachedPages: (fd: number, offset: number, length: number) => number
-  /** The size of a page of memory (`sysconf(_SC_PAGESIZE)`). */
-  readonly pageSize: number
   /** The address of a buffer's memory, for aligning `O_DIRECT` buffers. */
   readonly address: (buffer: ArrayBuffer | Uint8Array) => bigint
 }
@@ -80,9 +67,6 @@ const BLKSSZGET = 0x1268
 const BLKDISCARD = 0x1277
 const BLKZEROOUT = 0x127f
 const RWF_NOWAIT = 0x08
-/** The `cachestat` system call's number (Linux 6.5), the same on every architecture but Alpha. */
-const SYS_CACHESTAT = 451
-const SC_PAGESIZE = 30
 
 type Koffi = typeof import("koffi")
 
@@ -102,13 +86,6 @@ const bind = (koffi: Koffi): FileCalls => {
   // The iovec is built by hand in a typed array (passed by address) pointing at the buffer's memory.
   const preadv2 = libc.func("int64_t preadv2(int fd, void *iov, int iovcnt, int64_t offset, int flags)")
   const iovec = new BigUint64Array(2)
-  const sendfile = libc.func("int64_t sendfile(int out_fd, int in_fd, void *offset, uint64_t count)")
-  const sendOffset = new BigInt64Array(1)
-  // syscall is variadic; its arguments here are integers and pointers (same registers on Linux ABIs).
-  const syscall = libc.func("long syscall(long number, int fd, void *range, void *stat, unsigned int flags)")
-  const sysconf = libc.func("long sysconf(int name)")
-  const cacheRange = new BigUint64Array(2)
-  const cacheStat = new BigUint64Array(5) // nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted
   const errno = () => -koffi.errno()
   const async = (f: typeof ioctl, args: ReadonlyArray<unknown>, done: Done) =>
     f.async(...args, (error: unknown, result: number) => done(error ? -5 : result < 0 ? errno() : 0))
@@ -138,18 +115,6 @@ const bind = (koffi: Koffi): FileCalls => {
       const result = Number(preadv2(fd, iovec, 1, offset, RWF_NOWAIT))
       return result < 0 ? errno() : result
     },
-    sendFile: (socket, fd, offset, length) => {
-      sendOffset[0] = BigInt(offset)
-      const result = Number(sendfile(socket, fd, sendOffset, length))
-      return result < 0 ? errno() : result
-    },
-    cachedPages: (fd, offset, length) => {
-      cacheRange[0] = BigInt(offset)
-      cacheRange[1] = BigInt(length)
-      const result = Number(syscall(SYS_CACHESTAT, fd, cacheRange, cacheStat, 0))
-      return result < 0 ? errno() : Number(cacheStat[0])
-    },
-    pageSize: Number(sysconf(SC_PAGESIZE)),
     address: (buffer) => koffi.address(buffer)
   }
 }

@@ -61,13 +61,6 @@ export const misfit = (window: Window, belowSize: number, minimum: number): stri
 const shiftError = (by: number) => (error: ProtocolError): ProtocolError =>
   error.offset === undefined ? error : protocolError(error.errno, error.message, error.offset - by)
 
-/** Direct READs of the window, `by` bytes into the driver below. */
-const shifted = (direct: Driver.DirectRead, by: number): Driver.DirectRead => ({
-  sendTo: (fd, offset, length) => direct.sendTo(fd, by + offset, length),
-  readRest: (offset, target) => direct.readRest(by + offset, target),
-  ready: direct.ready === undefined ? undefined : (offset, length) => direct.ready!(by + offset, length)
-})
-
 /** The operations of a window over `below` (it must fit: see {@link misfit}). */
 export const overrides = (below: Driver.DriverHandle, window: Window): Driver.HandleOverrides => {
   const at = window.offset
@@ -91,9 +84,7 @@ export const overrides = (below: Driver.DriverHandle, window: Window): Driver.Ha
     sync: sync === undefined ? undefined : {
       size: () => windowSize(window, sync.size()),
       read: (offset, length) => sync.read(at + offset, length),
-      write: (offset, data) => sync.write(at + offset, data),
-      readInto: sync.readInto === undefined ? undefined : (offset, target) => sync.readInto!(at + offset, target),
-      direct: sync.direct === undefined ? undefined : shifted(sync.direct, at)
+      write: (offset, data) => sync.write(at + offset, data)
     }
   }
 }

@@ -74,12 +74,7 @@ const countedSync = <A>(collector: Collector, command: Command, length: number, 
 const countedOperations = (sync: Driver.SyncOperations, collector: Collector): Driver.SyncOperations => ({
   size: sync.size,
   read: (offset, length) => countedSync(collector, "READ", length, () => sync.read(offset, length)),
-  write: (offset, data) => countedSync(collector, "WRITE", data.length, () => sync.write(offset, data)),
-  readInto: sync.readInto === undefined
-    ? undefined
-    : (offset, target) => countedSync(collector, "READ", target.length, () => sync.readInto!(offset, target)),
-  // Not `direct`: a READ it sends in part ends in `readRest`, counted apart from it.
-  direct: undefined
+  write: (offset, data) => countedSync(collector, "WRITE", data.length, () => sync.write(offset, data))
 })
 
 /** Writes or logs the summary; a failure to write is logged, never raised (this runs at close). */

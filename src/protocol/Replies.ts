@@ -67,11 +67,6 @@ export interface Encoder {
    * when `df`; simple: the header and every byte.
    */
   readonly read: (to: ReplyTo, length: number, pieces: ReadonlyArray<Uint8Array | number>, df: boolean) => Array<Uint8Array>
-  /**
-   * What precedes the data of a READ answered with `length` (> 0) bytes as one run: the
-   * frame {@link read} makes for them, without the data.
-   */
-  readonly readHeader: (to: ReplyTo, length: number) => Uint8Array
   /** BLOCK_STATUS (or BLOCK_STATUS_EXT) chunks, one per context, the last one final. */
   readonly blockStatus: (to: ReplyTo, contexts: ReadonlyArray<ContextExtents>) => Array<Uint8Array>
 }
@@ -143,13 +138,6 @@ export const encoder = (mode: ReplyMode): Encoder => {
     return out
   }
 
-  const readHeader: Encoder["readHeader"] = (to, length) => {
-    if (!structured) return Wire.encodeSimpleReplyFast(0, to.cookie)
-    const header = chunk(to, true, ChunkType.OFFSET_DATA, 8 + length, 8)
-    header.writeBigUInt64BE(to.wireOffset, at)
-    return header
-  }
-
   const statusChunk = (to: ReplyTo, done: boolean, context: ContextExtents): Buffer => {
     const { extents } = context
     if (extended) {
@@ -176,5 +164,5 @@ export const encoder = (mode: ReplyMode): Encoder => {
   const blockStatus: Encoder["blockStatus"] = (to, contexts) =>
     contexts.map((context, i) => statusChunk(to, i === contexts.length - 1, context))
 
-  return { at, chunk, ok, error, read, readHeader, blockStatus }
+  return { at, chunk, ok, error, read, blockStatus }
 }

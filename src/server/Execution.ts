@@ -6,8 +6,7 @@
  * READ on a handle with `readInto` (or `sync.readInto`) reads into a buffer of the
  * connection's {@link ReadBuffers} pool, which takes it back once the reply is sent; with
  * `readNow` as well, it is first tried synchronously (answered without a fiber when the
- * driver has the bytes at hand). Where the driver offers `direct` reads (`sendfile`), a
- * READ on either synchronous path is sent by the driver itself, after its header. A WRITE on a handle with `sync` is streamed: its payload
+ * driver has the bytes at hand). A WRITE on a handle with `sync` is streamed: its payload
  * is written piece by piece as it arrives ({@link Execution.stream}). A WRITE is otherwise
  * first offered to `writeNow` with its pieces as received. A WRITE payload that has to be
  * copied (borrowed, or in several pieces) goes into a pooled buffer too when the handle says
@@ -20,7 +19,7 @@
  * @since 0.2.0
  */
 import * as Effect from "effect/Effect"
-import type { DirectRead, DriverHandle, Extent } from "../Driver.ts"
+import type { DriverHandle, Extent } from "../Driver.ts"
 import { type ProtocolError, protocolError } from "../Errors.ts"
 import { Command, CommandFlags, commandName, Errno } from "../protocol/Constants.ts"
 import type { Encoder } from "../protocol/Replies.ts"
@@ -170,38 +169,6 @@ export const make = (ctx: ExecutionContext): Execution => {
     readIntoDone(req, target)
     return true
   }
-  /**
-   * READ sent straight from the driver to the socket; the part the socket did not take
-   * is read into a pooled buffer and queued. `false` (nothing sent) when the driver is not
-   * ready for the range or the writer cannot send directly now.
-   */
-  const sendNow = (req: Request, direct: DirectRead): boolean => {
-    if (direct.ready !== undefined && !direct.ready(req.offset, req.length)) return false
-    const sent = writer.sendDirect([encoder.readHeader(req, req.length)], (fd) => {
-      try {
-        return direct.sendTo(fd, req.offset, req.length)
-      } catch (cause) {
-        ctx.log(Effect.logError("driver defect in a direct READ; its bytes follow the usual way", cause))
-        return 0
-      }
-    })
-    if (sent < 0) return false
-    metrics.read(req.length)
-    if (sent === req.length) return true
-    const target = buffers.take(req.length - sent)
-    try {
-      direct.readRest(req.offset + sent, target)
-    } catch (cause) {
-      // The header is out: no error reply can follow it, so the connection ends.
-      buffers.give(target)
-      metrics.error(req.type, "EIO")
-      ctx.log(Effect.logError("READ failed after its reply started; closing the connection", cause))
-      writer.abort()
-      return true
-    }
-    writer.write([target], () => buffers.give(target))
-    return true
-  }
   /** READ and WRITE on a handle with synchronous operations (FUA only when native). */
   const runSync = (req: Request, payload: ReadonlyArray<Uint8Array>): boolean => {
     if (sync === undefined || (req.type !== Command.READ && req.type !== Command.WRITE)) return false
@@ -210,9 +177,7 @@ export const make = (ctx: ExecutionContext): Execution => {
       const outOfBounds = checkBounds(req, sync.size())
       if (outOfBounds !== undefined) fail(req, outOfBounds)
       else if (req.type === Command.READ) {
-        if (sync.readInto !== undefined && req.length > 0) {
-          if (sync.direct === undefined || !sendNow(req, sync.direct)) readIntoNow(req, sync.readInto)
-        }
+        if (sync.readInto !== undefined && req.length > 0) readIntoNow(req, sync.readInto)
         else readDone(req, sync.read(req.offset, req.length))
       }
       else {
@@ -264,7 +229,7 @@ export const make = (ctx: ExecutionContext): Execution => {
     if (readNow === undefined || req.type !== Command.READ || req.length === 0) return false
     if (checkBounds(req, readNow.size()) !== undefined) return false // answered by the Effect path
     try {
-      return (readNow.direct !== undefined && sendNow(req, readNow.direct)) || readIntoNow(req, readNow.into)
+      return readIntoNow(req, readNow.into)
     } catch (cause) {
       defect(req, cause)
       return true

@@ -7,9 +7,6 @@
  * Over TLS, where Node's batched path copies everything it batches before encrypting,
  * frames go through a {@link WriteQueue} instead: one write in flight, small chunks
  * merged, large payloads written as they are.
- * A READ payload that the driver can send itself (`sendfile` from a file) goes straight to
- * the socket's descriptor after its header ({@link FrameWriter.sendDirect}), whenever
- * nothing of earlier frames is still queued.
  * Writes are not awaited one by one; instead the request parser stops taking work
  * while too many bytes are queued (`isFull`) and resumes once they drain.
  *
@@ -18,7 +15,6 @@
 import * as Effect from "effect/Effect"
 import type { Duplex } from "node:stream"
 import { TLSSocket } from "node:tls"
-import * as DirectSend from "./DirectSend.ts"
 import * as WriteQueue from "./WriteQueue.ts"
 
 /** A frame writer over one connection. */
@@ -39,17 +35,6 @@ export interface FrameWriter {
   readonly onceDrained: (listener: () => void) => void
   /** Ends the stream once queued bytes are sent (or after a timeout), then closes it. */
   readonly end: Effect.Effect<void>
-  /**
-   * Sends a frame's `header` straight to the socket and lets `payload` send (part of) its
-   * payload there too, given the socket's descriptor: it returns the payload bytes it sent
-   * (fewer when the socket's buffer filled), which this returns, and the caller queues the
-   * rest with {@link write}. -1 (nothing sent) where this cannot be done now: a stream
-   * without a descriptor or the binding, or bytes of earlier frames still queued. A header
-   * the socket took only in part is queued whole for the rest, and 0 returned.
-   */
-  readonly sendDirect: (header: ReadonlyArray<Uint8Array>, payload: (fd: number) => number) => number
-  /** Closes the stream at once, dropping what is queued (a frame could not be completed). */
-  readonly abort: () => void
 }
 
 /** Options of {@link make}. */
@@ -108,8 +93,6 @@ const eachChunk = (
   else put(chunks[last]!, sent)
 }
 
-const noneHeld = () => 0
-
 /** Frames written in the same tick are corked together and leave in one system call. */
 const corking = (stream: Duplex): Strategy => {
   let corked = false
@@ -129,7 +112,7 @@ const corking = (stream: Duplex): Strategy => {
     // The stream calls back writes in order: the last chunk's callback covers the frame.
     eachChunk(chunks, sent, put)
   }
-  return { write, flush: uncork, held: noneHeld, onProgress: () => {} }
+  return { write, flush: uncork, held: () => 0, onProgress: () => {} }
 }
 
 /** Frames written in the same tick are queued and start leaving at the end of the tick. */
@@ -228,28 +211,5 @@ export const make = (stream: Duplex, options: FrameWriterOptions = {}): FrameWri
     Effect.zipRight(Effect.sync(() => stream.destroy()))
   )
 
-  const direct = strategy.held === noneHeld ? DirectSend.load() : undefined
-  const sendDirect = (header: ReadonlyArray<Uint8Array>, payload: (fd: number) => number): number => {
-    if (direct === undefined || !writable()) return -1
-    strategy.flush()
-    const fd = DirectSend.idleDescriptorOf(stream)
-    if (fd === undefined) return -1
-    for (let i = 0; i < header.length; i++) {
-      const chunk = header[i]!
-      const n = direct.sendMore(fd, chunk)
-      if (n === chunk.length) continue
-      if (i === 0 && n <= 0) return -1
-      // The socket took part of the header: the rest follows it the usual way, payload included.
-      stream.write(n > 0 ? chunk.subarray(n) : chunk)
-      for (let j = i + 1; j < header.length; j++) stream.write(header[j]!)
-      return 0
-    }
-    return Math.max(0, payload(fd))
-  }
-
-  const abort = () => {
-    if (!stream.destroyed) stream.destroy()
-  }
-
-  return { send, write, flush: strategy.flush, isFull, onceDrained, end, sendDirect, abort }
+  return { send, write, flush: strategy.flush, isFull, onceDrained, end }
 }

@@ -75,31 +75,6 @@ describe("offset filter", () => {
       expectBytes(store.read(0, BELOW), model, "store")
     }))
 
-  it.scoped("shifts the fast path's readInto and direct reads by the window's start", () =>
-    Effect.gen(function*() {
-      const seen: Array<string> = []
-      const below = Driver.make({
-        name: "below",
-        size: Effect.succeed(BELOW),
-        read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
-        sync: {
-          size: () => BELOW,
-          read: (_offset, length) => [new Uint8Array(length)],
-          write: () => {},
-          readInto: (offset, target) => void seen.push(`into ${offset} ${target.length}`),
-          direct: {
-            sendTo: (fd, offset, length) => (seen.push(`send ${fd} ${offset} ${length}`), length),
-            readRest: (offset, target) => void seen.push(`rest ${offset} ${target.length}`)
-          }
-        }
-      })
-      const handle = yield* Testing.open(yield* Offset.make({ offset: AT, range: RANGE })(below))
-      handle.sync!.readInto!(10, new Uint8Array(5))
-      expect(handle.sync!.direct!.sendTo(7, 20, 30)).toBe(30)
-      handle.sync!.direct!.readRest(40, new Uint8Array(6))
-      expect(seen).toEqual([`into ${AT + 10} 5`, `send 7 ${AT + 20} 30`, `rest ${AT + 40} 6`])
-    }))
-
   it.scoped("reports range as its size, or what follows the offset (recomputed), and offers no RESIZE", () =>
     Effect.gen(function*() {
       const windowed = yield* openWindow({ offset: AT, range: RANGE })

@@ -188,18 +188,6 @@ describe("reply encoders equal the Schemas", () => {
         )
       }
 
-      it.prop(
-        "readHeader: the frame read() makes for one run of data, without the data",
-        { to: readTo, length: FastCheck.integer({ min: 1, max: 1 << 20 }), df: FastCheck.boolean() },
-        ({ df, length, to }) => {
-          const data = new Uint8Array(length)
-          const frame = encoder.read(to, length, [data], df)
-          expect(frame).toHaveLength(2)
-          expect(frame[1]).toBe(data)
-          expectSameBytes(encoder.readHeader(to, length), frame[0]!)
-        }
-      )
-
       it.prop("ok", { to: replyTo }, ({ to }) => {
         const bytes = concat(encoder.ok(to))
         if (!extended) {
