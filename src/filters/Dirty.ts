@@ -126,6 +126,7 @@ const overrides = (tracker: Tracker, below: Driver.DriverHandle): Driver.HandleO
     sync: fast === undefined ? undefined : {
       size: fast.size,
       read: fast.read,
+      readInto: fast.readInto,
       write: (offset, data) => {
         tracker.mark(offset, data.length)
         fast.write(offset, data)

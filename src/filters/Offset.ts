@@ -84,7 +84,8 @@ export const overrides = (below: Driver.DriverHandle, window: Window): Driver.Ha
     sync: sync === undefined ? undefined : {
       size: () => windowSize(window, sync.size()),
       read: (offset, length) => sync.read(at + offset, length),
-      write: (offset, data) => sync.write(at + offset, data)
+      write: (offset, data) => sync.write(at + offset, data),
+      readInto: sync.readInto === undefined ? undefined : (offset, target) => sync.readInto!(at + offset, target)
     }
   }
 }

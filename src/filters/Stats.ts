@@ -11,7 +11,7 @@
  *
  * Latency on the Effect path is measured with Effect's `Clock` (so `TestClock` drives it
  * in tests). The synchronous fast path of the driver below is kept: the filter gives its
- * own `sync` read and write that count operations and bytes and measure latency with
+ * own `sync` read, read-into and write that count operations and bytes and measure latency with
  * `performance.now()` (a `Clock` cannot be read synchronously); elapsed time is always
  * `Clock` time.
  *
@@ -74,7 +74,10 @@ const countedSync = <A>(collector: Collector, command: Command, length: number, 
 const countedOperations = (sync: Driver.SyncOperations, collector: Collector): Driver.SyncOperations => ({
   size: sync.size,
   read: (offset, length) => countedSync(collector, "READ", length, () => sync.read(offset, length)),
-  write: (offset, data) => countedSync(collector, "WRITE", data.length, () => sync.write(offset, data))
+  write: (offset, data) => countedSync(collector, "WRITE", data.length, () => sync.write(offset, data)),
+  readInto: sync.readInto === undefined
+    ? undefined
+    : (offset, target) => countedSync(collector, "READ", target.length, () => sync.readInto!(offset, target))
 })
 
 /** Writes or logs the summary; a failure to write is logged, never raised (this runs at close). */

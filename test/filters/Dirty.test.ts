@@ -79,6 +79,20 @@ describe("DirtyBitmap", () => {
 })
 
 describe("dirty filter", () => {
+  it.scoped("keeps the fast path's reads into the server's buffers", () =>
+    Effect.gen(function*() {
+      const readInto = (_offset: number, target: Uint8Array) => void target.fill(3)
+      const below = Driver.make({
+        name: "below",
+        size: Effect.succeed(SIZE),
+        read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
+        write: () => Effect.void,
+        sync: { size: () => SIZE, read: (_offset, length) => [new Uint8Array(length)], write: () => {}, readInto }
+      })
+      const handle = yield* Testing.open(yield* Dirty.make({ granularity: 64 * K }).filter(below))
+      expect(handle.sync!.readInto).toBe(readInto)
+    }))
+
   it.scoped("marks writes, trims and zeroes at the granularity; keeps the fast path, which marks too", () =>
     Effect.gen(function*() {
       const { control, filter } = Dirty.make({ granularity: 64 * K })

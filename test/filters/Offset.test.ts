@@ -75,6 +75,25 @@ describe("offset filter", () => {
       expectBytes(store.read(0, BELOW), model, "store")
     }))
 
+  it.scoped("shifts the fast path's readInto by the window's start", () =>
+    Effect.gen(function*() {
+      const seen: Array<string> = []
+      const below = Driver.make({
+        name: "below",
+        size: Effect.succeed(BELOW),
+        read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
+        sync: {
+          size: () => BELOW,
+          read: (_offset, length) => [new Uint8Array(length)],
+          write: () => {},
+          readInto: (offset, target) => void seen.push(`into ${offset} ${target.length}`)
+        }
+      })
+      const handle = yield* Testing.open(yield* Offset.make({ offset: AT, range: RANGE })(below))
+      handle.sync!.readInto!(10, new Uint8Array(5))
+      expect(seen).toEqual([`into ${AT + 10} 5`])
+    }))
+
   it.scoped("reports range as its size, or what follows the offset (recomputed), and offers no RESIZE", () =>
     Effect.gen(function*() {
       const windowed = yield* openWindow({ offset: AT, range: RANGE })

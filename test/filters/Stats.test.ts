@@ -107,6 +107,28 @@ describe("stats filter", () => {
       expect(stats.commands.READ.latency.buckets.reduce((a, b) => a + b)).toBe(1)
     }))
 
+  it.scoped("counts reads into the server's buffers", () =>
+    Effect.gen(function*() {
+      const collector = yield* Stats.makeCollector
+      const below = Driver.make({
+        name: "below",
+        size: Effect.succeed(1 << 20),
+        read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
+        sync: {
+          size: () => 1 << 20,
+          read: (_offset, length) => [new Uint8Array(length)],
+          write: () => {},
+          readInto: (_offset, target) => target.fill(7)
+        }
+      })
+      const handle = yield* Testing.open(yield* Stats.make({ collector })(below))
+      const target = new Uint8Array(300)
+      handle.sync!.readInto!(0, target)
+      expect(target.every((b) => b === 7)).toBe(true)
+      const stats = yield* Stats.current(collector)
+      expect([stats.commands.READ.ops, stats.commands.READ.bytes]).toEqual([1, 300])
+    }))
+
   it.scoped("counts a throwing fast path operation as EIO and rethrows", () =>
     Effect.gen(function*() {
       const collector = yield* Stats.makeCollector
