@@ -13,7 +13,7 @@
  *   `offset + range` (or `offset`) exceeds the size below, or when `offset` is not a
  *   multiple of the minimum block size below (shifted requests would be misaligned).
  * - RESIZE is not offered. The synchronous fast path of the driver below is kept,
- *   shifted.
+ *   shifted, and so are its reads into the server's buffers (`readInto`, `readNow`).
  *
  * Parameters:
  * - `offset=SIZE` (default 0): first byte of the window in the driver below
@@ -70,6 +70,13 @@ export const overrides = (below: Driver.DriverHandle, window: Window): Driver.Ha
     capabilities: (caps) => ({ ...caps, resize: false }),
     size: Effect.map(below.size, (size) => windowSize(window, size)),
     read: (offset, length) => Effect.mapError(below.read(at + offset, length), back),
+    readInto: below.readInto === undefined
+      ? undefined
+      : (offset, target) => Effect.mapError(below.readInto!(at + offset, target), back),
+    readNow: below.readNow === undefined ? undefined : {
+      size: () => windowSize(window, below.readNow!.size()),
+      into: (offset, target) => below.readNow!.into(at + offset, target)
+    },
     write: (offset, data, options) => Effect.mapError(below.write(at + offset, data, options), back),
     trim: (offset, length, options) => Effect.mapError(below.trim(at + offset, length, options), back),
     writeZeroes: (offset, length, options) => Effect.mapError(below.writeZeroes(at + offset, length, options), back),
