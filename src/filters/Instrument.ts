@@ -72,7 +72,8 @@ const flagsOf = (options: Driver.WriteOptions & Partial<Driver.ZeroOptions>): Re
 /**
  * Overrides of every I/O operation of `handle` that run it unchanged and report each
  * completion to `observe`. Reads and writes are overridden, so the handle's synchronous
- * fast path is dropped unless the caller gives its own `sync`.
+ * fast path is dropped unless the caller gives its own `sync`; reads into the server's
+ * buffers (`readInto`) are kept, timed as READ.
  */
 export const instrument = (
   handle: Driver.DriverHandle,
@@ -99,6 +100,9 @@ export const instrument = (
           }))))
   return {
     read: (offset, length) => timed("READ", offset, length, NO_FLAGS, handle.read(offset, length)),
+    readInto: handle.readInto === undefined
+      ? undefined
+      : (offset, target) => timed("READ", offset, target.length, NO_FLAGS, handle.readInto!(offset, target)),
     write: (offset, data, options) =>
       timed("WRITE", offset, data.length, flagsOf(options), handle.write(offset, data, options)),
     flush: timed("FLUSH", 0, 0, NO_FLAGS, handle.flush),

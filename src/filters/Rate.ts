@@ -73,6 +73,9 @@ export const make = (options: RateOptions): Driver.Filter => (below) =>
           const wait = throttle([own, shared].filter((b) => b !== undefined))
           return {
             read: (offset, length) => Effect.zipRight(wait(length), handle.read(offset, length)),
+            readInto: handle.readInto === undefined
+              ? undefined
+              : (offset, target) => Effect.zipRight(wait(target.length), handle.readInto!(offset, target)),
             write: (offset, data, writeOptions) =>
               Effect.zipRight(wait(data.length), handle.write(offset, data, writeOptions))
           }

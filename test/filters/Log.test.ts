@@ -29,7 +29,30 @@ const parsed = (file: string) =>
     return fields
   })
 
+/** A driver that reads into the server's buffers (as the file driver does), filling them with 9. */
+const readingInto = () =>
+  Driver.make({
+    name: "into",
+    size: Effect.succeed(1 << 20),
+    read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
+    readInto: (_offset, target) => Effect.sync(() => void target.fill(9))
+  })
+
 describe("log filter", () => {
+  it.scoped("keeps reads into the server's buffers, logged as READ", () =>
+    Effect.gen(function*() {
+      yield* TestClock.setTime(START)
+      const file = path.join(yield* tempDir, "nbd.log")
+      yield* Effect.scoped(Effect.gen(function*() {
+        const handle = yield* Testing.open(yield* Log.make({ file })(readingInto()), Testing.openRequest("disk", tcpClient))
+        const target = new Uint8Array(300)
+        yield* handle.readInto!(4096, target)
+        expect(target.every((b) => b === 9)).toBe(true)
+      }))
+      const requests = parsed(file).filter((f) => f.get("event") === "request")
+      expect(requests.map((f) => [f.get("command"), f.get("offset"), f.get("length")])).toEqual([["READ", "4096", "300"]])
+    }))
+
   it.scoped("writes one line per request, between the open and close lines of the connection", () =>
     Effect.gen(function*() {
       yield* TestClock.setTime(START)

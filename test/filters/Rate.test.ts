@@ -5,7 +5,7 @@ import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as TestClock from "effect/TestClock"
-import type * as Driver from "../../src/Driver.ts"
+import * as Driver from "../../src/Driver.ts"
 import * as MemoryDriver from "../../src/drivers/Memory.ts"
 import * as Rate from "../../src/filters/Rate.ts"
 import * as TokenBucket from "../../src/filters/TokenBucket.ts"
@@ -43,6 +43,24 @@ describe("rate filter", () => {
       yield* at(4000)
       expect(yield* isDone(fiber)).toBe(true)
       expect((yield* Fiber.join(fiber)).length).toBe(MiB)
+    }))
+
+  it.scoped("reads into the server's buffers are kept, and limited", () =>
+    Effect.gen(function*() {
+      const below = Driver.make({
+        name: "into",
+        size: Effect.succeed(8 * MiB),
+        read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
+        readInto: (_offset, target) => Effect.sync(() => void target.fill(4))
+      })
+      const handle = yield* Testing.open(yield* Rate.make({ rate: 256 * KiB })(below))
+      const target = new Uint8Array(512 * KiB)
+      const fiber = yield* Effect.fork(handle.readInto!(0, target))
+      yield* at(1999)
+      expect(yield* isDone(fiber)).toBe(false)
+      yield* at(2000)
+      yield* Fiber.join(fiber)
+      expect(target.every((b) => b === 4)).toBe(true)
     }))
 
   it.scoped("writes are limited too, and the data arrives", () =>
