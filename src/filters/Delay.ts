@@ -40,7 +40,7 @@ export const apply = (below: Driver.NbdDriverShape, options: DelayOptions): Driv
   return Driver.filter(below, {
     name: "delay",
     open: (handle) =>
-      Operations.wrap(delays.keys(), (op, call) => Effect.zipRight(Effect.sleep(delays.get(op)!), call(handle)))
+      Operations.wrap(delays.keys(), (op, call) => Effect.zipRight(Effect.sleep(delays.get(op)!), call(handle)), handle)
   })
 }
 

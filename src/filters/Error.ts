@@ -76,7 +76,8 @@ export const make = (options: ErrorOptions = {}): Driver.Filter => (below) =>
       open: (handle) =>
         Operations.wrap(
           options.ops ?? Operations.all,
-          (_, call) => Effect.flatMap(fire, (fail) => (fail ? Effect.fail(injected) : call(handle)))
+          (_, call) => Effect.flatMap(fire, (fail) => (fail ? Effect.fail(injected) : call(handle))),
+          handle
         )
     })
   })

@@ -49,11 +49,34 @@ export const wrapAll = (run: Runner): Operations => ({
   blockStatus: (offset, length) => run("extents", (h) => h.blockStatus(offset, length))
 })
 
-/** Only the operations in `ops`, each going through `run` (overrides for `Driver.filter`). */
-export const wrap = (ops: Iterable<Operation>, run: Runner): Partial<Operations> => {
+/**
+ * READ into the server's buffers through `run` as the `read` operation, where `below`
+ * reads into them (else `undefined`, and the server reads through `read`). The handle
+ * `run` calls may be another opening of the same driver; one without `readInto` is read
+ * and copied.
+ */
+export const readIntoVia = (below: DriverHandle, run: Runner): DriverHandle["readInto"] =>
+  below.readInto === undefined ? undefined : (offset, target) =>
+    run("read", (h) =>
+      h.readInto !== undefined
+        ? h.readInto(offset, target)
+        : Effect.map(h.read(offset, target.length), (data) => void target.set(data)))
+
+/**
+ * Only the operations in `ops`, each going through `run` (overrides for `Driver.filter`
+ * over `below`); with `read`, reads into the server's buffers too ({@link readIntoVia}).
+ */
+export const wrap = (
+  ops: Iterable<Operation>,
+  run: Runner,
+  below: DriverHandle
+): Partial<Operations> & Pick<Partial<DriverHandle>, "readInto"> => {
   const wrapped = wrapAll(run)
-  const out: Partial<Record<keyof Operations, unknown>> = {}
-  for (const op of ops) out[members[op]] = wrapped[members[op]]
+  const out: Partial<Record<keyof Operations | "readInto", unknown>> = {}
+  for (const op of ops) {
+    out[members[op]] = wrapped[members[op]]
+    if (op === "read") out.readInto = readIntoVia(below, run)
+  }
   return out as Partial<Operations>
 }
 

@@ -157,8 +157,10 @@ export const apply = (below: Driver.NbdDriverShape, options: RetryOptions = {}):
             )
           return attempt(0, -1)
         }
+        const runner: Operations.Runner = (op, call) => run(retried.has(op) ? retries : 0, call)
         const handle: Driver.DriverHandle = {
-          ...Operations.wrapAll((op, call) => run(retried.has(op) ? retries : 0, call)),
+          ...Operations.wrapAll(runner),
+          readInto: Operations.readIntoVia(conn.first, runner),
           capabilities: conn.first.capabilities,
           size: run(0, (h) => h.size),
           resize: (size) => run(0, (h) => h.resize(size)),

@@ -11,6 +11,7 @@ import * as MemoryDriver from "../../src/drivers/Memory.ts"
 import * as Delay from "../../src/filters/Delay.ts"
 import * as Testing from "../../src/testing/Handle.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
+import { expected, readingInto } from "./ReadingInto.ts"
 
 const memory = () => MemoryDriver.fromStore(new MemoryDriver.SparseMemory(1024 * 1024))
 
@@ -33,6 +34,16 @@ describe("delay filter", () => {
       yield* handle.write(0, pattern(4096, 7), { fua: false }) // would hang under TestClock if delayed
       const data = yield* takesExactly(handle.read(0, 4096), "1 second")
       expectBytes(data, pattern(4096, 7))
+    }))
+
+  it.scoped("delays reads into the server's buffers as reads", () =>
+    Effect.gen(function*() {
+      const below = readingInto()
+      const handle = yield* Testing.open(yield* Delay.make({ read: "1 second" })(below.driver))
+      const target = new Uint8Array(100)
+      yield* takesExactly(handle.readInto!(7, target), "1 second")
+      expectBytes(target, expected(7, 100))
+      expect(below.calls).toEqual({ read: 0, readInto: 1 })
     }))
 
   it.scoped("delays each kind of operation by its own duration", () =>

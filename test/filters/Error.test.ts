@@ -12,6 +12,7 @@ import { ProtocolError } from "../../src/Errors.ts"
 import * as ErrorFilter from "../../src/filters/Error.ts"
 import * as Testing from "../../src/testing/Handle.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
+import { expected, readingInto } from "./ReadingInto.ts"
 
 const memory = () => MemoryDriver.fromStore(new MemoryDriver.SparseMemory(1024 * 1024))
 
@@ -53,6 +54,18 @@ describe("error filter", () => {
       expectBytes(yield* handle.read(0, 512), pattern(512, 1))
       expect((yield* Effect.flip(handle.flush)).errno).toBe("EIO")
       expect((yield* Effect.flip(handle.blockStatus(0, 512))).errno).toBe("EIO")
+    }))
+
+  it.scoped("reads into the server's buffers fail as reads do where `ops` has read, and are kept either way", () =>
+    Effect.gen(function*() {
+      const failing = yield* Testing.open(yield* ErrorFilter.make({ ops: ["read"] })(readingInto().driver))
+      expect((yield* Effect.flip(failing.readInto!(0, new Uint8Array(10)))).errno).toBe("EIO")
+      const below = readingInto()
+      const passing = yield* Testing.open(yield* ErrorFilter.make({ ops: ["write"] })(below.driver))
+      const target = new Uint8Array(10)
+      yield* passing.readInto!(5, target)
+      expectBytes(target, expected(5, 10))
+      expect(below.calls).toEqual({ read: 0, readInto: 1 })
     }))
 
   it.scoped("by default every operation fails with EIO", () =>

@@ -44,6 +44,8 @@ const flaky = (failures: number, errno: ErrnoName = "EIO", refusedOpens: Readonl
         return Driver.override(handle, {
           capabilities: (caps) => ({ ...caps, rotational: counts.opens > 1 }),
           read: (offset, length) => failing(handle.read(offset, length)),
+          readInto: (offset, target) =>
+            failing(Effect.map(handle.read(offset, target.length), (data) => void target.set(data))),
           write: (offset, data, options) => failing(handle.write(offset, data, options)),
           flush: failing(handle.flush)
         })
@@ -80,6 +82,20 @@ describe("retry filter", () => {
       ])
       expectBytes(yield* Fiber.join(fiber), pattern(4096, 42))
       expect(counts.calls).toBe(4)
+    }))
+
+  it.scoped("retries reads into the server's buffers the same way", () =>
+    Effect.gen(function*() {
+      const { counts, driver } = flaky(2)
+      const handle = yield* Testing.open(yield* Retry.make({ delay: "1 second" })(driver))
+      const target = new Uint8Array(4096)
+      const fiber = yield* Effect.fork(handle.readInto!(0, target))
+      yield* at(2999)
+      expect(yield* isDone(fiber)).toBe(false)
+      yield* at(3000)
+      yield* Fiber.join(fiber)
+      expectBytes(target, pattern(4096, 42))
+      expect([counts.calls, counts.opens]).toEqual([3, 3])
     }))
 
   it.scoped("retries used up: fails with the last error", () =>
