@@ -123,23 +123,33 @@ export const allocationDepth = (
 ): Effect.Effect<Array<{ readonly length: number; readonly depth: number }>, ProtocolError> =>
   Effect.map(layeredStatus(overlay, below, offset, length), (extents) => mergeBy(extents, "depth"))
 
-const read = (overlay: Overlay, below: Driver.DriverHandle, offset: number, length: number) =>
+/**
+ * Reads `[offset, offset + target.length)` into `target`: blocks the overlay holds from
+ * it, runs of the others from below (into `target` itself where the driver below reads
+ * into buffers and takes the run as it is).
+ */
+const readInto = (overlay: Overlay, below: Driver.DriverHandle, offset: number, target: Uint8Array) =>
   Effect.suspend(() => {
-    const out = new Uint8Array(length)
     const fromBelow: Array<{ at: number; length: number }> = []
-    forEachPiece(offset, length, overlay.blockSize, (piece) => {
-      if (overlay.copy(piece.index, piece.inBlock, piece.length, out, piece.done)) return
+    forEachPiece(offset, target.length, overlay.blockSize, (piece) => {
+      if (overlay.copy(piece.index, piece.inBlock, piece.length, target, piece.done)) return
       const last = fromBelow[fromBelow.length - 1]
       if (last !== undefined && last.at + last.length === piece.done) last.length += piece.length
       else fromBelow.push({ at: piece.done, length: piece.length })
     })
-    return Effect.as(
-      Effect.forEach(fromBelow, (run) =>
-        Effect.map(readBelow(below, offset + run.at, run.length), (bytes) => out.set(bytes, run.at)), {
-        discard: true
-      }),
-      out
-    )
+    const { maximum, minimum } = below.capabilities.blockSize
+    return Effect.forEach(fromBelow, (run) =>
+      below.readInto !== undefined && minimum === 1 && run.length <= maximum
+        ? below.readInto(offset + run.at, target.subarray(run.at, run.at + run.length))
+        : Effect.map(readBelow(below, offset + run.at, run.length), (bytes) => target.set(bytes, run.at)), {
+      discard: true
+    })
+  })
+
+const read = (overlay: Overlay, below: Driver.DriverHandle, offset: number, length: number) =>
+  Effect.suspend(() => {
+    const out = new Uint8Array(length)
+    return Effect.as(readInto(overlay, below, offset, out), out)
   })
 
 /**
@@ -256,6 +266,7 @@ const overrides = (overlay: Overlay, below: Driver.DriverHandle): Driver.HandleO
     }
   }),
   read: (offset, length) => read(overlay, below, offset, length),
+  readInto: (offset, target) => readInto(overlay, below, offset, target),
   // What the driver below says of its blocks no longer describes what clients read.
   contexts: [depthContext(overlay, below)],
   write: (offset, data) =>

@@ -10,6 +10,7 @@ import * as Cow from "../../src/filters/Cow.ts"
 import { AllocationState } from "../../src/protocol/Constants.ts"
 import * as Testing from "../../src/testing/Handle.ts"
 import { expectBytes, pattern, sha256 } from "../support/Bytes.ts"
+import { expected, readingInto } from "./ReadingInto.ts"
 
 const BLOCK = 4096
 const SIZE = 16 * BLOCK + 1000 // the last block is short
@@ -56,6 +57,27 @@ const setup = (store = filledStore()) => {
 }
 
 describe("cow filter", () => {
+  it.scoped("reads into the server's buffers: overlay blocks from the overlay, the rest read into the buffer below", () =>
+    Effect.gen(function*() {
+      const below = readingInto(SIZE)
+      const handle = yield* Testing.open(yield* Cow.make({ blockSize: BLOCK })(below.driver))
+      yield* handle.write(BLOCK + 100, pattern(50, 1), write) // part of block 1 (copied from below first)
+      yield* handle.write(3 * BLOCK, pattern(BLOCK, 2), write) // all of block 3
+      yield* handle.trim(5 * BLOCK, 2 * BLOCK, write) // blocks 5 and 6
+      const model = expected(0, SIZE)
+      model.set(pattern(50, 1), BLOCK + 100)
+      model.set(pattern(BLOCK, 2), 3 * BLOCK)
+      model.fill(0, 5 * BLOCK, 7 * BLOCK)
+      const before = below.calls.readInto
+      for (const [offset, length] of [[0, SIZE], [BLOCK + 90, 3 * BLOCK], [5 * BLOCK - 7, 2 * BLOCK + 14], [SIZE - 999, 999]]) {
+        const target = new Uint8Array(length!).fill(0xee) // a reused buffer holds old bytes
+        yield* handle.readInto!(offset!, target)
+        expectBytes(target, model.subarray(offset!, offset! + length!), `readInto at ${offset}`)
+        expectBytes(yield* handle.read(offset!, length!), model.subarray(offset!, offset! + length!), `read at ${offset}`)
+      }
+      expect(below.calls.readInto).toBeGreaterThan(before)
+    }))
+
   it.scoped("offers writing over a read-only driver, with a shared overlay", () =>
     Effect.gen(function*() {
       const { driver } = setup()
