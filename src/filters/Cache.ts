@@ -148,25 +148,31 @@ const load = (ctx: Context, index: number, size: number): Effect.Effect<Uint8Arr
       }), Effect.succeed(undefined))
   })
 
-const read = (ctx: Context) => (offset: number, length: number) =>
+/** Reads `[offset, offset + target.length)` into `target`: hits from the cache, misses loaded (or read past it). */
+const readInto = (ctx: Context) => (offset: number, target: Uint8Array) =>
   Effect.suspend(() => {
-    const out = new Uint8Array(length)
     const misses: Array<Piece> = []
-    forEachPiece(offset, length, ctx.cache.blockSize, (piece) => {
+    forEachPiece(offset, target.length, ctx.cache.blockSize, (piece) => {
       const entry = ctx.cache.use(piece.index)
       if (entry === undefined) misses.push(piece)
-      else out.set(entry.data.subarray(piece.inBlock, piece.inBlock + piece.length), piece.done)
+      else target.set(entry.data.subarray(piece.inBlock, piece.inBlock + piece.length), piece.done)
     })
-    if (misses.length === 0) return Effect.succeed(out)
+    if (misses.length === 0) return Effect.void
     const miss = (size: number) => (piece: Piece) =>
       ctx.cache.locks.with(
         piece.index,
         Effect.flatMap(load(ctx, piece.index, size), (block) =>
           block === undefined
-            ? Effect.map(readBelow(ctx.below, offset + piece.done, piece.length), (bytes) => out.set(bytes, piece.done))
-            : Effect.sync(() => out.set(block.subarray(piece.inBlock, piece.inBlock + piece.length), piece.done)))
+            ? Effect.map(readBelow(ctx.below, offset + piece.done, piece.length), (bytes) => target.set(bytes, piece.done))
+            : Effect.sync(() => target.set(block.subarray(piece.inBlock, piece.inBlock + piece.length), piece.done)))
       )
-    return Effect.as(Effect.flatMap(ctx.below.size, (size) => Effect.forEach(misses, miss(size), { discard: true })), out)
+    return Effect.flatMap(ctx.below.size, (size) => Effect.forEach(misses, miss(size), { discard: true }))
+  })
+
+const read = (ctx: Context) => (offset: number, length: number) =>
+  Effect.suspend(() => {
+    const out = new Uint8Array(length)
+    return Effect.as(readInto(ctx)(offset, out), out)
   })
 
 /** Writes a piece into the cache as dirty (reading the rest of its block first); its lock must be held. */
@@ -295,6 +301,7 @@ const overrides = (ctx: Context): Driver.HandleOverrides => ({
     }
   },
   read: read(ctx),
+  readInto: readInto(ctx),
   write: (offset, data, options) => {
     const fua = options.fua && ctx.mode !== "unsafe"
     return ctx.mode === "writethrough" || fua ? writeThrough(ctx, offset, data, fua) : writeBack(ctx, offset, data)

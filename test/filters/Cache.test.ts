@@ -120,6 +120,21 @@ describe("cache filter", () => {
       expect(cache.blocks).toEqual([5, 6])
     }))
 
+  it.scoped("reads into the server's buffers as reads do: hits, loaded misses, and misses past a full cache", () =>
+    Effect.gen(function*() {
+      const { driver, store } = yield* setup({ blocks: 2 })
+      store.write(0, pattern(SIZE, 5))
+      const handle = yield* Testing.open(driver)
+      yield* handle.write(3 * BLOCK + 7, pattern(100, 6), plain) // dirty in the cache, not below yet
+      const model = pattern(SIZE, 5)
+      model.set(pattern(100, 6), 3 * BLOCK + 7)
+      for (const [offset, length] of [[3 * BLOCK, BLOCK], [2 * BLOCK + 50, 5 * BLOCK], [0, SIZE], [SIZE - 1500, 1500]]) {
+        const target = new Uint8Array(length!).fill(0xee) // a reused buffer holds old bytes
+        yield* handle.readInto!(offset!, target)
+        expectBytes(target, model.subarray(offset!, offset! + length!), `readInto at ${offset}`)
+      }
+    }))
+
   it.scoped("writeback: writes stay in the cache until FLUSH; partial blocks are read first", () =>
     Effect.gen(function*() {
       const { cache, driver, log, store } = yield* setup()
