@@ -82,12 +82,17 @@ export class SparseMemory {
 
   read(offset: number, length: number): Uint8Array {
     const out = Buffer.allocUnsafe(length)
-    SparseMemory.eachPage(offset, length, (index, inPage, n, done) => {
-      const page = this.pages.get(index)
-      if (page === undefined) out.fill(0, done, done + n)
-      else out.set(page.subarray(inPage, inPage + n), done)
-    })
+    this.readInto(offset, out)
     return out
+  }
+
+  /** Copies `[offset, offset + target.length)` into `target` (holes as zeroes). */
+  readInto(offset: number, target: Uint8Array): void {
+    SparseMemory.eachPage(offset, target.length, (index, inPage, n, done) => {
+      const page = this.pages.get(index)
+      if (page === undefined) target.fill(0, done, done + n)
+      else target.set(page.subarray(inPage, inPage + n), done)
+    })
   }
 
   /** The bytes of a range as views of the pages, and holes as counts of zero bytes: no copy. */
@@ -224,6 +229,8 @@ export const fromStore = (store: SparseMemory, description?: string): Driver.Nbd
     capabilities: { fua: true, fastZero: true, multiConn: true, blockStatus: true },
     size: Effect.sync(() => store.size),
     read: (offset, length) => Effect.sync(() => store.read(offset, length)),
+    // The Effect path (filters that replace the fast path, tracing) copies into the server's buffers.
+    readInto: (offset, target) => Effect.sync(() => store.readInto(offset, target)),
     write: (offset, data) => Effect.sync(() => store.write(offset, data)),
     flush: Effect.void,
     trim: (offset, length) => Effect.sync(() => store.zero(offset, length, false)),

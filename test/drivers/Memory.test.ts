@@ -52,7 +52,7 @@ describe("sparse memory", () => {
     )
   })
 
-  it("views of any range, within a page or across pages and holes, hold what read returns", () => {
+  it("views of any range, within a page or across pages and holes, hold what read and readInto return", () => {
     const size = 6 * PAGE_SIZE
     const store = new SparseMemory(size)
     store.write(PAGE_SIZE - 100, pattern(200, 1)) // across the first page boundary
@@ -70,6 +70,9 @@ describe("sparse memory", () => {
           const views = store.views(offset, length)
           expect(views.every((piece) => typeof piece === "number" ? piece > 0 : piece.length > 0)).toBe(true)
           expectBytes(flatten(views), store.read(offset, length))
+          const target = new Uint8Array(length).fill(0xee) // a reused buffer holds old bytes
+          store.readInto(offset, target)
+          expectBytes(target, flatten(views))
         }
       )
     )
