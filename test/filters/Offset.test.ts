@@ -75,7 +75,7 @@ describe("offset filter", () => {
       expectBytes(store.read(0, BELOW), model, "store")
     }))
 
-  it.scoped("shifts readInto and readNow by the window's start, and clips readNow's size", () =>
+  it.scoped("shifts readInto, readNow and the fast path's readInto by the window's start, and clips readNow's size", () =>
     Effect.gen(function*() {
       const seen: Array<string> = []
       const below = Driver.make({
@@ -83,32 +83,20 @@ describe("offset filter", () => {
         size: Effect.succeed(BELOW),
         read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
         readInto: (offset, target) => Effect.sync(() => void seen.push(`into ${offset} ${target.length}`)),
-        readNow: { size: () => BELOW, into: (offset, target) => (seen.push(`now ${offset} ${target.length}`), true) }
+        readNow: { size: () => BELOW, into: (offset, target) => (seen.push(`now ${offset} ${target.length}`), true) },
+        sync: {
+          size: () => BELOW,
+          read: (_offset, length) => [new Uint8Array(length)],
+          write: () => {},
+          readInto: (offset, target) => void seen.push(`sync into ${offset} ${target.length}`)
+        }
       })
       const handle = yield* Testing.open(yield* Offset.make({ offset: AT, range: RANGE })(below))
       yield* handle.readInto!(10, new Uint8Array(5))
       expect(handle.readNow!.into(20, new Uint8Array(6))).toBe(true)
       expect(handle.readNow!.size()).toBe(RANGE)
-      expect(seen).toEqual([`into ${AT + 10} 5`, `now ${AT + 20} 6`])
-    }))
-
-  it.scoped("shifts the fast path's readInto by the window's start", () =>
-    Effect.gen(function*() {
-      const seen: Array<string> = []
-      const below = Driver.make({
-        name: "below",
-        size: Effect.succeed(BELOW),
-        read: (_offset, length) => Effect.succeed(new Uint8Array(length)),
-        sync: {
-          size: () => BELOW,
-          read: (_offset, length) => [new Uint8Array(length)],
-          write: () => {},
-          readInto: (offset, target) => void seen.push(`into ${offset} ${target.length}`)
-        }
-      })
-      const handle = yield* Testing.open(yield* Offset.make({ offset: AT, range: RANGE })(below))
-      handle.sync!.readInto!(10, new Uint8Array(5))
-      expect(seen).toEqual([`into ${AT + 10} 5`])
+      handle.sync!.readInto!(30, new Uint8Array(7))
+      expect(seen).toEqual([`into ${AT + 10} 5`, `now ${AT + 20} 6`, `sync into ${AT + 30} 7`])
     }))
 
   it.scoped("reports range as its size, or what follows the offset (recomputed), and offers no RESIZE", () =>
