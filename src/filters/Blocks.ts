@@ -128,6 +128,20 @@ export const readBelow = (
   })
 }
 
+/**
+ * {@link readBelow} into `target` (all of it, from `offset`): straight into it where the
+ * handle below reads into buffers and takes the range as it is, else read and copied.
+ */
+export const readBelowInto = (
+  below: DriverHandle,
+  offset: number,
+  target: Uint8Array
+): Effect.Effect<void, ProtocolError> => {
+  const { maximum, minimum } = below.capabilities.blockSize
+  if (below.readInto !== undefined && minimum === 1 && target.length <= maximum) return below.readInto(offset, target)
+  return Effect.map(readBelow(below, offset, target.length), (bytes) => target.set(bytes))
+}
+
 /** Writes to the handle below, split at its maximum payload (callers keep writes aligned to its minimum). */
 export const writeBelow = (
   below: DriverHandle,

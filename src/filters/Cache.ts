@@ -37,7 +37,7 @@ import * as Driver from "../Driver.ts"
 import { optionReplyError, type ProtocolError, protocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { FilterPlugin } from "../Plugin.ts"
-import { blockLength, blockSizeProblem, forEachPiece, type Piece, readBelow, writeBelow } from "./Blocks.ts"
+import { blockLength, blockSizeProblem, forEachPiece, type Piece, readBelow, readBelowInto, writeBelow } from "./Blocks.ts"
 import { BlockCache, type Slot, withData } from "./CacheStore.ts"
 
 export { BlockCache } from "./CacheStore.ts"
@@ -163,7 +163,7 @@ const readInto = (ctx: Context) => (offset: number, target: Uint8Array) =>
         piece.index,
         Effect.flatMap(load(ctx, piece.index, size), (block) =>
           block === undefined
-            ? Effect.map(readBelow(ctx.below, offset + piece.done, piece.length), (bytes) => target.set(bytes, piece.done))
+            ? readBelowInto(ctx.below, offset + piece.done, target.subarray(piece.done, piece.done + piece.length))
             : Effect.sync(() => target.set(block.subarray(piece.inBlock, piece.inBlock + piece.length), piece.done)))
       )
     return Effect.flatMap(ctx.below.size, (size) => Effect.forEach(misses, miss(size), { discard: true }))

@@ -29,7 +29,7 @@ import { type ProtocolError, protocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { FilterPlugin } from "../Plugin.ts"
 import { AllocationState } from "../protocol/Constants.ts"
-import { blockLength, blockSizeProblem, forEachPiece, type Piece, readBelow, widen } from "./Blocks.ts"
+import { blockLength, blockSizeProblem, forEachPiece, type Piece, readBelow, readBelowInto, widen } from "./Blocks.ts"
 import { Overlay, overlayFlags } from "./CowOverlay.ts"
 
 export { Overlay } from "./CowOverlay.ts"
@@ -125,8 +125,7 @@ export const allocationDepth = (
 
 /**
  * Reads `[offset, offset + target.length)` into `target`: blocks the overlay holds from
- * it, runs of the others from below (into `target` itself where the driver below reads
- * into buffers and takes the run as it is).
+ * it, runs of the others from below ({@link readBelowInto}).
  */
 const readInto = (overlay: Overlay, below: Driver.DriverHandle, offset: number, target: Uint8Array) =>
   Effect.suspend(() => {
@@ -137,13 +136,11 @@ const readInto = (overlay: Overlay, below: Driver.DriverHandle, offset: number, 
       if (last !== undefined && last.at + last.length === piece.done) last.length += piece.length
       else fromBelow.push({ at: piece.done, length: piece.length })
     })
-    const { maximum, minimum } = below.capabilities.blockSize
-    return Effect.forEach(fromBelow, (run) =>
-      below.readInto !== undefined && minimum === 1 && run.length <= maximum
-        ? below.readInto(offset + run.at, target.subarray(run.at, run.at + run.length))
-        : Effect.map(readBelow(below, offset + run.at, run.length), (bytes) => target.set(bytes, run.at)), {
-      discard: true
-    })
+    return Effect.forEach(
+      fromBelow,
+      (run) => readBelowInto(below, offset + run.at, target.subarray(run.at, run.at + run.length)),
+      { discard: true }
+    )
   })
 
 const read = (overlay: Overlay, below: Driver.DriverHandle, offset: number, length: number) =>
