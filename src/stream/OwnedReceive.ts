@@ -13,6 +13,10 @@
  * A TLS socket made over a connection is taken over in place ({@link adoptTls}): its
  * decrypted bytes land in the connection's buffer instead of a new one per TLS record.
  *
+ * After each {@link QuickAck.BULK_READ} bytes a TCP connection receives, the kernel is
+ * asked to acknowledge at once ({@link QuickAck}), so that a client streaming writes is
+ * not held back.
+ *
  * The bytes handed to a {@link Sink} are a view of the reused buffer: they are valid only
  * until the sink returns, and a sink copies what it keeps.
  *
@@ -20,6 +24,7 @@
  */
 import * as Net from "node:net"
 import type { Duplex } from "node:stream"
+import * as QuickAck from "./QuickAck.ts"
 
 /**
  * Takes the bytes of one read (valid until it returns); returning `false` stops reading
@@ -43,6 +48,8 @@ export interface OwnedSource {
 
 /** The internal shape of an accepted socket this module relies on. */
 interface StreamHandle {
+  /** The socket's descriptor (where it has one). */
+  readonly fd?: number | undefined
   readonly readStart: () => number
   readonly readStop: () => number
   readonly useUserBuffer: (buffer: Uint8Array) => void
@@ -115,7 +122,7 @@ export const canAdopt = (socket: Net.Socket): boolean => {
 export const adopt = (accepted: Net.Socket, bufferSize: number): Net.Socket | undefined => {
   if (!canAdopt(accepted)) return undefined
   const old = accepted as unknown as SocketInternals
-  const receiving = receiver()
+  const receiving = receiver(quickAcker(accepted, old._handle as StreamHandle))
   const buffer = takeBuffer(bufferSize)
   const socket = new Net.Socket({
     handle: old._handle,
@@ -141,12 +148,32 @@ interface Receiver {
   readonly register: (socket: Net.Socket) => void
 }
 
-/** Bytes go to the sink once there is one; until then they are copied, kept, and reading stops. */
-const receiver = (): Receiver => {
+/**
+ * What asks for quick acknowledgements on a TCP connection's descriptor; `undefined` for
+ * other sockets or where {@link QuickAck} is unavailable.
+ */
+const quickAcker = (socket: Net.Socket, handle: Partial<StreamHandle>): (() => void) | undefined => {
+  const quickAck = QuickAck.load()
+  const fd = handle.fd
+  const tcp = socket.remoteFamily === "IPv4" || socket.remoteFamily === "IPv6"
+  if (quickAck === undefined || !tcp || typeof fd !== "number" || fd < 0) return undefined
+  return () => quickAck(fd)
+}
+
+/**
+ * Bytes go to the sink once there is one; until then they are copied, kept, and reading
+ * stops. `ack` runs after the read that completes each {@link QuickAck.BULK_READ} bytes.
+ */
+const receiver = (ack?: () => void): Receiver => {
   let sink: Sink | undefined
   const waiting: Array<Buffer> = []
+  let unacked = 0
   return {
     callback: (n, buffer) => {
+      if (ack !== undefined && (unacked += n) >= QuickAck.BULK_READ) {
+        unacked = 0
+        ack()
+      }
       const bytes = (buffer as Buffer).subarray(0, n)
       if (sink !== undefined) return sink(bytes)
       waiting.push(Buffer.from(bytes))
@@ -195,7 +222,7 @@ export const adoptTls = (socket: Net.Socket, bufferSize: number): boolean => {
   }
   const buffer = takeBuffer(bufferSize)
   giveBackOnClose(socket, buffer)
-  const receiving = receiver()
+  const receiving = receiver(quickAcker(socket, handle))
   const fields = socket as unknown as Record<symbol, unknown>
   fields[symbols.buffer] = buffer
   fields[symbols.callback] = receiving.callback
