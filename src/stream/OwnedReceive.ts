@@ -13,8 +13,8 @@
  * A TLS socket made over a connection is taken over in place ({@link adoptTls}): its
  * decrypted bytes land in the connection's buffer instead of a new one per TLS record.
  *
- * After each {@link QuickAck.BULK_READ} bytes a TCP connection receives, the kernel is
- * asked to acknowledge at once ({@link QuickAck}), so that a client streaming writes is
+ * After each {@link QuickAck.BULK_READ} bytes a plain TCP connection receives, the kernel
+ * is asked to acknowledge at once ({@link QuickAck}), so that a client streaming writes is
  * not held back.
  *
  * The bytes handed to a {@link Sink} are a view of the reused buffer: they are valid only
@@ -152,7 +152,7 @@ interface Receiver {
  * What asks for quick acknowledgements on a TCP connection's descriptor; `undefined` for
  * other sockets or where {@link QuickAck} is unavailable.
  */
-const quickAcker = (socket: Net.Socket, handle: Partial<StreamHandle>): (() => void) | undefined => {
+const quickAcker = (socket: Net.Socket, handle: StreamHandle): (() => void) | undefined => {
   const quickAck = QuickAck.load()
   const fd = handle.fd
   const tcp = socket.remoteFamily === "IPv4" || socket.remoteFamily === "IPv6"
@@ -222,7 +222,8 @@ export const adoptTls = (socket: Net.Socket, bufferSize: number): boolean => {
   }
   const buffer = takeBuffer(bufferSize)
   giveBackOnClose(socket, buffer)
-  const receiving = receiver(quickAcker(socket, handle))
+  // No quick acknowledgements here: decryption bounds a TLS connection's speed, not the client's window.
+  const receiving = receiver()
   const fields = socket as unknown as Record<symbol, unknown>
   fields[symbols.buffer] = buffer
   fields[symbols.callback] = receiving.callback
