@@ -10,10 +10,10 @@
  * once and leaves that mode; Linux enters it again by itself, so it is asked for again
  * after each {@link BULK_READ} bytes received.
  *
- * Measured on loopback (nbdcopy 1 GiB file → memory export, one connection, three to four
- * rounds interleaved): 1,098-1,306 MiB/s with it against 852-1,016 without, the client's
- * CPU per GiB 720-890 ms against 960-1,160; setting it once per connection changed
- * nothing (840-994).
+ * Measured on loopback (nbdcopy 1 GiB file → memory export, one connection, interleaved):
+ * 1,111-1,213 MiB/s with it against 1,046-1,167 without over five rounds; in an earlier set,
+ * with it asked for on every read, 1,098-1,306 against 852-1,016, and the client's CPU per
+ * GiB 720-890 ms against 960-1,160. Asking once per connection changed nothing (840-994).
  *
  * Node.js offers no such socket option, so `setsockopt` is called through koffi. {@link load}
  * returns `undefined` (connections are served without it) where that cannot be done: not
