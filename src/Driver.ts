@@ -277,6 +277,14 @@ export const zeroesByWriting = (write: DriverHandle["write"]): DriverHandle["wri
       }
     })
 
+/** Reading into a new zeroed buffer of the length asked for, filled by `readInto`. */
+export const readByReadingInto =
+  (readInto: NonNullable<DriverHandle["readInto"]>): DriverHandle["read"] => (offset, length) =>
+    Effect.suspend(() => {
+      const out = new Uint8Array(length)
+      return Effect.as(readInto(offset, out), out)
+    })
+
 const unsupported = (what: string) => Effect.fail(protocolError("EINVAL", `${what} is not supported`))
 
 /**

@@ -169,12 +169,6 @@ const readInto = (ctx: Context) => (offset: number, target: Uint8Array) =>
     return Effect.flatMap(ctx.below.size, (size) => Effect.forEach(misses, miss(size), { discard: true }))
   })
 
-const read = (ctx: Context) => (offset: number, length: number) =>
-  Effect.suspend(() => {
-    const out = new Uint8Array(length)
-    return Effect.as(readInto(ctx)(offset, out), out)
-  })
-
 /** Writes a piece into the cache as dirty (reading the rest of its block first); its lock must be held. */
 const cachePiece = (ctx: Context, piece: Piece, bytes: Uint8Array, size: number): IO =>
   Effect.suspend(() => {
@@ -300,7 +294,7 @@ const overrides = (ctx: Context): Driver.HandleOverrides => ({
       blockSize: { ...caps.blockSize, preferred: preferred <= caps.blockSize.maximum ? preferred : caps.blockSize.preferred }
     }
   },
-  read: read(ctx),
+  read: Driver.readByReadingInto(readInto(ctx)),
   readInto: readInto(ctx),
   write: (offset, data, options) => {
     const fua = options.fua && ctx.mode !== "unsafe"

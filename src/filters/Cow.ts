@@ -143,12 +143,6 @@ const readInto = (overlay: Overlay, below: Driver.DriverHandle, offset: number, 
     )
   })
 
-const read = (overlay: Overlay, below: Driver.DriverHandle, offset: number, length: number) =>
-  Effect.suspend(() => {
-    const out = new Uint8Array(length)
-    return Effect.as(readInto(overlay, below, offset, out), out)
-  })
-
 /**
  * Applies `change` to every piece of a range: at once where it needs nothing from below
  * and no fiber holds the block's lock, otherwise under the lock, copying the block from
@@ -262,7 +256,7 @@ const overrides = (overlay: Overlay, below: Driver.DriverHandle): Driver.HandleO
         : caps.blockSize.preferred
     }
   }),
-  read: (offset, length) => read(overlay, below, offset, length),
+  read: Driver.readByReadingInto((offset, target) => readInto(overlay, below, offset, target)),
   readInto: (offset, target) => readInto(overlay, below, offset, target),
   // What the driver below says of its blocks no longer describes what clients read.
   contexts: [depthContext(overlay, below)],
