@@ -153,11 +153,11 @@ interface Receiver {
  * other sockets or where {@link QuickAck} is unavailable.
  */
 const quickAcker = (socket: Net.Socket, handle: StreamHandle): (() => void) | undefined => {
-  const quickAck = QuickAck.load()
   const fd = handle.fd
   const tcp = socket.remoteFamily === "IPv4" || socket.remoteFamily === "IPv6"
-  if (quickAck === undefined || !tcp || typeof fd !== "number" || fd < 0) return undefined
-  return () => quickAck(fd)
+  if (!tcp || typeof fd !== "number" || fd < 0) return undefined
+  const quickAck = QuickAck.load()
+  return quickAck === undefined ? undefined : () => quickAck(fd)
 }
 
 /**
