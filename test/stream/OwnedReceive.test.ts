@@ -5,24 +5,11 @@
  * the server counting the adopted connection, and frames kept whole by the FrameReader.
  */
 import * as Effect from "effect/Effect"
-import * as net from "node:net"
 import { describe, expect, it } from "vitest"
 import * as FrameReader from "../../src/stream/FrameReader.ts"
 import * as OwnedReceive from "../../src/stream/OwnedReceive.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
-
-/** A server accepting paused, a client connected to it, and the accepted socket. */
-const connected = async () => {
-  let accept: (socket: net.Socket) => void = () => {}
-  const accepted = new Promise<net.Socket>((resolve) => (accept = resolve))
-  const server = net.createServer({ pauseOnConnect: true }, accept)
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-  const port = (server.address() as net.AddressInfo).port
-  const client = net.connect(port, "127.0.0.1")
-  client.on("error", () => {})
-  const socket = await accepted
-  return { server, client, socket }
-}
+import { connected } from "../support/PausedConnection.ts"
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 

@@ -5,11 +5,12 @@
  * acknowledgements back (interactive mode) and 1 once quick-ACK mode was asked for.
  */
 import { createRequire } from "node:module"
-import * as net from "node:net"
+import type * as net from "node:net"
 import { describe, expect, it } from "vitest"
 import * as OwnedReceive from "../../src/stream/OwnedReceive.ts"
 import * as QuickAck from "../../src/stream/QuickAck.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
+import { connected } from "../support/PausedConnection.ts"
 
 const IPPROTO_TCP = 6
 const TCP_QUICKACK = 12
@@ -34,18 +35,6 @@ const mode = (() => {
     }
   }
 })()
-
-/** A server accepting paused, a client connected to it, and the accepted socket. */
-const connected = async () => {
-  let accept: (socket: net.Socket) => void = () => {}
-  const accepted = new Promise<net.Socket>((resolve) => (accept = resolve))
-  const server = net.createServer({ pauseOnConnect: true }, accept)
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
-  const client = net.connect((server.address() as net.AddressInfo).port, "127.0.0.1")
-  client.on("error", () => {})
-  const socket = await accepted
-  return { server, client, socket }
-}
 
 const fdOf = (socket: net.Socket): number => (socket as unknown as { _handle: { fd: number } })._handle.fd
 
