@@ -62,6 +62,9 @@ export const readIntoVia = (below: DriverHandle, run: Runner): DriverHandle["rea
         ? h.readInto(offset, target)
         : Effect.map(h.read(offset, target.length), (data) => void target.set(data)))
 
+/** What {@link wrap} overrides: some operations, and reads into the server's buffers with `read`. */
+type Wrapped = Partial<Operations> & Pick<Partial<DriverHandle>, "readInto">
+
 /**
  * Only the operations in `ops`, each going through `run` (overrides for `Driver.filter`
  * over `below`); with `read`, reads into the server's buffers too ({@link readIntoVia}).
@@ -70,14 +73,14 @@ export const wrap = (
   ops: Iterable<Operation>,
   run: Runner,
   below: DriverHandle
-): Partial<Operations> & Pick<Partial<DriverHandle>, "readInto"> => {
+): Wrapped => {
   const wrapped = wrapAll(run)
   const out: Partial<Record<keyof Operations | "readInto", unknown>> = {}
   for (const op of ops) {
     out[members[op]] = wrapped[members[op]]
     if (op === "read") out.readInto = readIntoVia(below, run)
   }
-  return out as Partial<Operations>
+  return out as Wrapped
 }
 
 /** Parses an `ops=` list (empty or absent: `fallback`); throws a {@link ParameterError} inside `Params.decode`. */
