@@ -44,7 +44,9 @@ import {
   FILTER_RATIO_NOTE,
   median,
   RATIO_NOTE,
+  renderRoundsTable,
   renderTable,
+  ROUNDS_NOTE,
   type Row,
   TLS_RATIO_NOTE,
   TLS_RATIOS
@@ -222,8 +224,10 @@ const main = async (): Promise<number> => {
   process.on("exit", () => removeFile(randomFile))
   await createRandomFile(randomFile, mode.bytes)
 
-  // Each round's measurement of a row and server; the report gives the median (or an error if none succeeded).
-  const samples = new Map<string, Map<ServerId, Array<number>>>()
+  // Each round's measurement of a row and server, at the round's index; the report gives the median (or an error if none succeeded).
+  const samples = new Map<string, Map<ServerId, Array<number | undefined>>>()
+  /** The round being measured (from 1). */
+  let currentRound = 1
   const errors = new Map<string, Map<ServerId, string>>()
   const rowOf = <V>(table: Map<string, Map<ServerId, V>>, row: string): Map<ServerId, V> => {
     const found = table.get(row)
@@ -236,14 +240,23 @@ const main = async (): Promise<number> => {
     if (cell === undefined) return
     if ("error" in cell) return rowOf(errors, row).set(server, cell.error)
     const values = rowOf(samples, row)
-    values.set(server, [...(values.get(server) ?? []), cell.value])
+    const byRound = values.get(server) ?? []
+    byRound[currentRound - 1] = cell.value
+    values.set(server, byRound)
   }
+  const measured = (values: ReadonlyArray<number | undefined>): Array<number> =>
+    Array.from(values).filter((value): value is number => value !== undefined)
   const cellsOf = (row: string): Partial<Record<ServerId, Cell>> => {
     const out: Partial<Record<ServerId, Cell>> = {}
     for (const [server, error] of errors.get(row) ?? []) out[server] = { error }
-    for (const [server, values] of samples.get(row) ?? []) out[server] = { value: median(values) }
+    for (const [server, values] of samples.get(row) ?? []) out[server] = { value: median(measured(values)) }
     return out
   }
+  /** Each server's figures of a row by round, for the per-round table. */
+  const roundsOf = (row: string): Partial<Record<ServerId, ReadonlyArray<number | undefined>>> =>
+    Object.fromEntries(
+      [...(samples.get(row) ?? [])].map(([server, values]) => [server, Array.from({ length: rounds }, (_, i) => values[i])])
+    )
   const failures: Array<string> = []
   const notes: Array<string> = []
   const ciphers: Array<string> = []
@@ -336,6 +349,7 @@ const main = async (): Promise<number> => {
   // Each workload runs against every server in turn, so that a slow spell of the machine
   // falls on all of them alike; the order turns by one server each round.
   for (let round = 1; round <= rounds && !isShuttingDown(); round++) {
+    currentRound = round
     progress(`\n== round ${round} of ${rounds}`)
     const shift = (round - 1) % servers.length
     const entries = await startRound([...servers.slice(shift), ...servers.slice(0, shift)])
@@ -352,21 +366,24 @@ const main = async (): Promise<number> => {
       label: row.label,
       decimals: row.decimals,
       lowerIsBetter: row.lowerIsBetter,
-      cells: cellsOf(row.id)
+      cells: cellsOf(row.id),
+      rounds: roundsOf(row.id)
     })),
     ...copies.map((copy) => ({
       label: copyRowLabel(copy, mode.bytes),
       decimals: 1,
       lowerIsBetter: false,
-      cells: cellsOf(copy.id)
+      cells: cellsOf(copy.id),
+      rounds: roundsOf(copy.id)
     })),
     ...(tls ? copies : []).map((copy) => ({
       label: copyRowLabel(copy, mode.bytes, "server CPU s per GiB"),
       decimals: 2,
       lowerIsBetter: true,
-      cells: cellsOf(cpuRowId(copy.id))
+      cells: cellsOf(cpuRowId(copy.id)),
+      rounds: roundsOf(cpuRowId(copy.id))
     })),
-    { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cellsOf("rss") }
+    { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cellsOf("rss"), rounds: roundsOf("rss") }
   ]
   const totalSeconds = Number(process.hrtime.bigint() - startedAt) / 1e9
   const report = [
@@ -410,6 +427,9 @@ const main = async (): Promise<number> => {
             ? "Quick mode is a smoke test: 64 MiB copies (a second or less, with nbdcopy's start-up and the TLS handshakes) are noisy."
             : "Quick mode is a smoke test: 2 s fio runs and 64 MiB copies (a fraction of a second, mostly nbdcopy start-up) are noisy."
         ]
+      : []),
+    ...(rounds > 1
+      ? ["", "## Per round", "", renderRoundsTable(rows, servers, tls ? TLS_RATIOS : defaultRatios(servers)), "", ROUNDS_NOTE]
       : []),
     ...(failures.length > 0 ? ["", "## Failures", "", ...failures.map(bullet)] : []),
     ...(notes.length > 0 ? ["", "## Notes", "", ...notes.map(bullet)] : []),

@@ -25,6 +25,8 @@ export interface Row {
   /** Whether smaller is better (latency, memory), which decides how the ratio reads. */
   readonly lowerIsBetter: boolean
   readonly cells: Partial<Record<ServerId, Cell>>
+  /** Each round's figure per server, in round order (`undefined` where that round failed or did not run). */
+  readonly rounds?: Partial<Record<ServerId, ReadonlyArray<number | undefined>>>
 }
 
 const formatNumber = (value: number, decimals: number): string =>
@@ -77,12 +79,59 @@ export const renderTable = (
     ...servers.map((server) => formatCell(row.cells[server.id], row.decimals)),
     ...ratios.map((column) => ratioOf(row, column.ours, column.theirs))
   ])
+  return renderMarkdown(header, body)
+}
+
+/** A markdown table with padded columns: the first left-aligned, the others right-aligned. */
+const renderMarkdown = (header: ReadonlyArray<string>, body: ReadonlyArray<ReadonlyArray<string>>): string => {
   const widths = header.map((title, i) => Math.max(title.length, ...body.map((cells) => cells[i]!.length)))
   const line = (cells: ReadonlyArray<string>) =>
     `| ${cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join(" | ")} |`
   const rule = `| ${widths.map((w, i) => (i === 0 ? "-".repeat(w) : `${"-".repeat(w - 1)}:`)).join(" | ")} |`
   return [line(header), rule, ...body.map(line)].join("\n")
 }
+
+/** `a / b / c`: one figure per round, `–` where a round has none. */
+const formatRounds = (values: ReadonlyArray<number | undefined>, format: (value: number) => string): string =>
+  values.map((value) => (value === undefined ? "–" : format(value))).join(" / ")
+
+/** `ours / theirs` of each round in which both were measured, as {@link formatRounds} shows them. */
+export const roundRatiosOf = (row: Row, ours: ServerId, theirs: ServerId): ReadonlyArray<number | undefined> => {
+  const a = row.rounds?.[ours] ?? []
+  const b = row.rounds?.[theirs] ?? []
+  return Array.from({ length: Math.max(a.length, b.length) }, (_, i) => {
+    const x = a[i]
+    const y = b[i]
+    return x === undefined || y === undefined || y === 0 ? undefined : x / y
+  })
+}
+
+/**
+ * Renders each round's figures of the rows that have them: per server the figures of the
+ * rounds in order, then per ratio column the ratio within each round (both servers measured
+ * minutes apart, in the same round), which shows how far a median's ratio moves between rounds.
+ */
+export const renderRoundsTable = (
+  rows: ReadonlyArray<Row>,
+  servers: ReadonlyArray<ServerInfo> = SERVERS,
+  ratios: ReadonlyArray<RatioColumn> = defaultRatios(servers)
+): string => {
+  const withRounds = rows.filter((row) => row.rounds !== undefined)
+  const header = ["Workload, per round", ...servers.map((server) => server.label), ...ratios.map((column) => column.label)]
+  const body = withRounds.map((row) => [
+    row.label,
+    ...servers.map((server) => formatRounds(row.rounds?.[server.id] ?? [], (value) => formatNumber(value, row.decimals))),
+    ...ratios.map((column) =>
+      formatRounds(roundRatiosOf(row, column.ours, column.theirs), (value) => `${formatNumber(value, 2)}×`)
+    )
+  ])
+  return renderMarkdown(header, body)
+}
+
+/** The footnote of the per-round table. */
+export const ROUNDS_NOTE =
+  "Per round: the figures of each round in the order run (the medians above are taken from them); " +
+  "a ratio per round compares two servers measured one after the other in that round."
 
 /** The footnote explaining how to read the ratio column. */
 export const RATIO_NOTE =
