@@ -16,7 +16,7 @@ import * as path from "node:path"
 import { randomBytes } from "node:crypto"
 import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
 import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
-import { failure, hasExited, isShuttingDown, runToCompletion, spawnTracked, stop } from "./proc.ts"
+import { failure, hasExited, isShuttingDown, runToCompletion, spawnServer, stop, describeServerSession } from "./proc.ts"
 import { effectNbdArgs, freePort } from "./servers.ts"
 import { median } from "./table.ts"
 
@@ -66,8 +66,8 @@ const startServer = async (name: ServerName, image: string, repoRoot: string): P
   const pidFile = path.join(os.tmpdir(), `effect-nbd-bench-files-${process.pid}.pid`)
   rmSync(pidFile, { force: true })
   const child = name === "effect-nbd file"
-    ? spawnTracked(process.execPath, effectNbdArgs(["file", image, "--host", "127.0.0.1", "--port", String(port)]), repoRoot)
-    : spawnTracked("nbdkit", ["--foreground", "--exit-with-parent", "-P", pidFile, "-p", String(port), "-i", "127.0.0.1", "file", image])
+    ? spawnServer(process.execPath, effectNbdArgs(["file", image, "--host", "127.0.0.1", "--port", String(port)]), repoRoot)
+    : spawnServer("nbdkit", ["--foreground", "--exit-with-parent", "-P", pidFile, "-p", String(port), "-i", "127.0.0.1", "file", image])
   let output = ""
   child.stdout?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk))
   child.stderr?.setEncoding("utf8").on("data", (chunk: string) => (output += chunk))
@@ -282,6 +282,7 @@ export const runFileWorkloads = async (options: {
     `- rounds: ${rounds}; in each, both servers up at once and every workload run against one then the other (the order swapped each round); every figure is the median of the rounds`,
     `- fio nbd ioengine, 1 job, ${mode.timing.runtimeSeconds} s per workload; nbdcopy --connections=4 --threads=4, out with --no-extents`,
     `- sparse copy: \`nbdcopy URI new-file\` of a ${mode.sparseBytes / GiB} GiB image holding ${mode.sparseData / MiB} MiB in 1 MiB pieces`,
+    `- servers: ${describeServerSession()}`,
     `- total time: ${seconds.toFixed(1)} s`,
     "",
     ...table,

@@ -25,14 +25,43 @@ export const exited = (child: ChildProcess): Promise<void> =>
  * Spawns a tracked child with piped stdout/stderr; spawn errors arrive as its `error` event.
  * Throws once the bench is shutting down, so nothing new starts after a signal.
  */
-export const spawnTracked = (command: string, args: ReadonlyArray<string>, cwd?: string): ChildProcess => {
+export const spawnTracked = (command: string, args: ReadonlyArray<string>, cwd?: string, ownSession = false): ChildProcess => {
   if (shuttingDown) throw new Error(`bench is shutting down, not starting ${command}`)
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], ...(cwd === undefined ? {} : { cwd }) })
+  const child = spawn(command, args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: ownSession,
+    ...(cwd === undefined ? {} : { cwd })
+  })
   live.add(child)
   child.once("exit", () => live.delete(child))
   child.once("error", () => live.delete(child))
   return child
 }
+
+/** Where the servers run: each in a session of its own, or in the bench's (`--shared-session`). */
+export type ServerSession = "own" | "shared"
+
+let serverSession: ServerSession = "own"
+
+/** Sets where the servers started from now on run. */
+export const setServerSession = (session: ServerSession): void => {
+  serverSession = session
+}
+
+/** Where the servers run, for the report. */
+export const describeServerSession = (): string =>
+  serverSession === "own"
+    ? "each in a session of its own, as a daemon or a service runs (Linux's autogroup scheduling then shares the processors between a server and the clients as between two programs)"
+    : "in the bench's session, beside the clients (the kernel then shares the processors thread by thread: a server with fewer threads than the client gets less)"
+
+/**
+ * Spawns a server as `spawnTracked` does, by default in a session of its own (`setsid`), as
+ * nbdkit and qemu-nbd run once they leave the foreground and as a service runs in its own
+ * cgroup. With autogroup scheduling, processes in the bench's session would otherwise share
+ * the processors thread by thread with the clients' threads.
+ */
+export const spawnServer = (command: string, args: ReadonlyArray<string>, cwd?: string): ChildProcess =>
+  spawnTracked(command, args, cwd, serverSession === "own")
 
 /** Stops a child: SIGTERM, then SIGKILL if it is still there after `graceMs`. */
 export const stop = async (child: ChildProcess, graceMs = 3000): Promise<void> => {

@@ -25,6 +25,9 @@
  *
  * Each round starts every server afresh and runs each workload against every server in
  * turn (the order turning by one server per round); the report gives medians of the rounds.
+ * Every server runs in a session of its own, as daemons and services run, so that the
+ * kernel's autogroup scheduling shares the processors between server and clients as
+ * between two programs (`--shared-session`: in the bench's session, beside the clients).
  *
  * Exits 1 if any server or tool failed, 0 otherwise.
  */
@@ -34,7 +37,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { type FioResult, type FioTiming, type FioWorkload, PREFILL, runFio, WORKLOADS } from "./fio.ts"
 import { COPIES, type CopyRun, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
-import { installCleanup, isShuttingDown, runToCompletion, stopAll } from "./proc.ts"
+import { describeServerSession, installCleanup, isShuttingDown, runToCompletion, setServerSession, stopAll } from "./proc.ts"
 import { buildEffectNbd, filterArgs, type RunningServer, type ServerId, serversOf, startServer, TLS_SERVERS } from "./servers.ts"
 import { barsOf, renderChart } from "./chart.ts"
 import { formatSystemInfo, systemInfo } from "./system.ts"
@@ -124,12 +127,13 @@ const negotiatedCipher = async (uri: string): Promise<string> => {
 }
 
 const USAGE =
-  "usage: npm run bench [-- [--quick] [--rounds N] [--filters | --tls]]\n" +
+  "usage: npm run bench [-- [--quick] [--rounds N] [--shared-session] [--filters | --tls | --files]]\n" +
   "  --quick     smoke run: 2 s per fio workload, 64 MiB export and copies, one round (report in bench/results/quick.md)\n" +
   "  --rounds N  rounds, each with every server fresh and each workload run on every server in turn; the report gives medians (default 3, quick 1)\n" +
   "  --filters   also measure effect-nbd behind filter stacks: +1 filter (error:rate=0), +3 filters, +stats, +dirty\n" +
   "  --tls       instead, nbdcopy through TLS: effect-nbd and nbdkit memory, X.509 and PSK (bench/results/tls.md)\n" +
   "  --files     instead, the file driver against nbdkit's file plugin on tmpfs and disk (bench/results/files.md)\n" +
+  "  --shared-session  start the servers in the bench's session instead of each in a session of its own\n" +
   "  --s3        instead, the s3 driver through 1, 2 and 4 servers over one Ceph, beside the SDK (bench/results/s3.md, see S3Workloads.ts)\n"
 
 /** What the command line asks for. */
@@ -164,6 +168,7 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     else if (arg === "--filters") filters = true
     else if (arg === "--tls") tls = true
     else if (arg === "--files") files = true
+    else if (arg === "--shared-session") setServerSession("shared")
     else if (arg === "--help" || arg === "-h") {
       process.stdout.write(USAGE)
       process.exit(0)
@@ -414,6 +419,7 @@ const main = async (): Promise<number> => {
         ]
       : []),
     `- rounds: ${rounds}${rounds > 1 ? "; in each, all servers started afresh and every workload run against each server in turn (the order turning by one server per round); every figure is the median of the rounds" : ""}`,
+    `- servers: ${describeServerSession()}`,
     `- total bench time: ${totalSeconds.toFixed(1)} s`,
     "",
     renderTable(rows, servers, tls ? TLS_RATIOS : defaultRatios(servers)),

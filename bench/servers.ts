@@ -19,7 +19,7 @@ import { existsSync, readFileSync, rmSync } from "node:fs"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { hasExited, spawnTracked, stop } from "./proc.ts"
+import { hasExited, spawnServer, stop } from "./proc.ts"
 
 /** An effect-nbd memory export, plain or behind a filter stack. */
 export type EffectNbdId = "effect-nbd" | "effect-nbd-filter1" | "effect-nbd-filter3" | "effect-nbd-stats" | "effect-nbd-dirty"
@@ -240,7 +240,7 @@ const startEffectNbd = (
   credentials?: TlsCredentials
 ): Promise<RunningServer> => {
   const tls = tlsSide(id, credentials)
-  const child = spawnTracked(
+  const child = spawnServer(
     process.execPath,
     effectNbdArgs([
       "memory",
@@ -278,7 +278,7 @@ const startNbdkit = async (
   const port = await freePort()
   const pidFile = path.join(os.tmpdir(), `effect-nbd-bench-${process.pid}-${id}.pid`)
   rmSync(pidFile, { force: true })
-  const child = spawnTracked("nbdkit", [
+  const child = spawnServer("nbdkit", [
     "--foreground",
     "--exit-with-parent",
     "-P",
