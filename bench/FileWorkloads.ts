@@ -16,7 +16,7 @@ import * as path from "node:path"
 import { randomBytes } from "node:crypto"
 import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
 import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
-import { failure, hasExited, isShuttingDown, runToCompletion, spawnServer, stop, describeServerSession } from "./proc.ts"
+import { describeServerSession, failure, hasExited, isShuttingDown, runToCompletion, spawnServer, stop } from "./proc.ts"
 import { effectNbdArgs, freePort } from "./servers.ts"
 import { median } from "./table.ts"
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "@effect/vitest"
 import { readFileSync } from "node:fs"
-import { exited, setServerSession, spawnServer, stop } from "../../bench/proc.ts"
+import { setServerSession, spawnServer, stop } from "../../bench/proc.ts"
 
 /** The session id of a process (field 6 of /proc/PID/stat, after the command's parentheses). */
 const sessionOf = (pid: number | "self"): number => {
@@ -16,7 +16,6 @@ const sessionOfServer = async (): Promise<{ readonly session: number; readonly p
     return { session: sessionOf(pid), pid }
   } finally {
     await stop(child)
-    await exited(child)
   }
 }
 
