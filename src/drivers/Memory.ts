@@ -16,8 +16,8 @@ import { protocolError } from "../Errors.ts"
 import * as Params from "../Params.ts"
 import type { DriverPlugin } from "../Plugin.ts"
 import { formatSize } from "../Size.ts"
-import { keysIn } from "../SparseKeys.ts"
 import * as HugePages from "./HugePages.ts"
+import { PageTable } from "./PageTable.ts"
 import { parseSizeArgument } from "./SizeArgument.ts"
 
 /** Allocation granularity in bytes. */
@@ -55,7 +55,7 @@ export interface MemoryOptions {
 
 /** The sparse page store behind the driver; exposed for tests and tools. */
 export class SparseMemory {
-  readonly pages = new Map<number, Uint8Array>()
+  readonly pages = new PageTable<Uint8Array>()
   constructor(public size: number) {}
 
   /** Bytes allocated for pages. */
@@ -154,7 +154,7 @@ export class SparseMemory {
   /** Zeroes the allocated pages of a range (in place: nothing is freed or allocated). */
   private clearAllocated(offset: number, length: number): void {
     const end = offset + length
-    for (const index of keysIn(this.pages, Math.floor(offset / PAGE_SIZE), Math.ceil(end / PAGE_SIZE))) {
+    for (const index of this.pages.keysIn(Math.floor(offset / PAGE_SIZE), Math.ceil(end / PAGE_SIZE))) {
       const start = index * PAGE_SIZE
       this.pages.get(index)!.fill(0, Math.max(offset - start, 0), Math.min(end - start, PAGE_SIZE))
     }
@@ -172,7 +172,7 @@ export class SparseMemory {
     if (first > last) return clear(offset, end) // within one page
     if (offset < first * PAGE_SIZE) clear(offset, first * PAGE_SIZE)
     if (end > last * PAGE_SIZE) clear(last * PAGE_SIZE, end)
-    for (const index of keysIn(this.pages, first, last)) this.pages.delete(index)
+    for (const index of this.pages.keysIn(first, last)) this.pages.delete(index)
   }
 
   /**
@@ -184,7 +184,7 @@ export class SparseMemory {
     const end = offset + length
     const first = Math.floor(offset / PAGE_SIZE)
     const last = Math.ceil(end / PAGE_SIZE)
-    const allocated = keysIn(this.pages, first, last)
+    const allocated = this.pages.keysIn(first, last)
     const extents: Array<{ length: number; flags: number }> = []
     const add = (from: number, to: number, flags: number) => {
       const previous = extents[extents.length - 1]
@@ -207,9 +207,7 @@ export class SparseMemory {
   resize(size: number): void {
     if (size < this.size) {
       const firstDropped = Math.ceil(size / PAGE_SIZE)
-      for (const index of [...this.pages.keys()]) {
-        if (index >= firstDropped) this.pages.delete(index)
-      }
+      for (const index of this.pages.keysIn(firstDropped, Math.ceil(this.size / PAGE_SIZE))) this.pages.delete(index)
       const tail = size % PAGE_SIZE
       if (tail !== 0) this.pages.get(firstDropped - 1)?.fill(0, tail)
     }
