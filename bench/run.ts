@@ -381,7 +381,7 @@ const main = async (): Promise<number> => {
       cells: cellsOf(copy.id),
       rounds: roundsOf(copy.id)
     })),
-    ...(tls ? copies : []).map((copy) => ({
+    ...copies.map((copy) => ({
       label: copyRowLabel(copy, mode.bytes, "server CPU s per GiB"),
       decimals: 2,
       lowerIsBetter: true,
