@@ -187,7 +187,7 @@ export class SparseMemory {
     const allocated = this.pages.keysIn(first, last)
     const extents: Array<{ length: number; flags: number }> = []
     const add = (from: number, to: number, flags: number) => {
-      const previous = extents[extents.length - 1]
+      const previous = extents.at(-1)
       if (previous !== undefined && previous.flags === flags) previous.length += to - from
       else extents.push({ length: to - from, flags })
     }

@@ -210,7 +210,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
   let spare: Buffer | undefined
 
   const frameIsLast = (): boolean => {
-    const last = chunks[chunks.length - 1]
+    const last = chunks.at(-1)
     return frame !== undefined && last !== undefined && last.buffer === frame.buffer && last.byteOffset === frame.byteOffset
   }
   /** A buffer for at least `size` bytes: the spare one when free and large enough. */
@@ -254,7 +254,7 @@ export const attach = (stream: Duplex, options: FrameReaderOptions = {}): FrameR
     wakeWaiter()
     notify()
     // What of this read is still unread must be copied before the buffer is reused.
-    const last = chunks[chunks.length - 1]
+    const last = chunks.at(-1)
     if (transient.length > 0 && last !== undefined && last.buffer === transient.buffer && last.byteOffset >= transient.byteOffset) {
       const unread = chunks.length === 1 ? last.subarray(head) : last
       chunks.pop()
