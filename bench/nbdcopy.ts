@@ -2,6 +2,10 @@
  * nbdcopy runs between a local file of random data and an export, timed by
  * wall clock. Export→local copies go to nbdcopy's `null:` sink with
  * `--no-extents`, so every byte is read over NBD (even from nbdkit null).
+ * Before a copy from the file, the file is read through once, untimed, so that
+ * every server's copy reads it from the page cache: a host that pages out memory
+ * left unused for a while (this machine's DAMON scheme does so after a minute)
+ * would otherwise charge the first copy of a round with reads from the disk.
  */
 import { randomFillSync } from "node:crypto"
 import { rmSync } from "node:fs"
@@ -52,6 +56,19 @@ export const createRandomFile = async (path: string, bytes: number): Promise<voi
 /** Removes the random file, ignoring a missing one. */
 export const removeFile = (path: string): void => rmSync(path, { force: true })
 
+/** Reads the file at `path` through once, so that its pages are in the page cache. */
+export const warmFile = async (path: string): Promise<void> => {
+  const chunk = Buffer.allocUnsafe(16 * 2 ** 20)
+  const file = await open(path, "r")
+  try {
+    while ((await file.read(chunk, 0, chunk.length, null)).bytesRead > 0) {
+      // reading is the point
+    }
+  } finally {
+    await file.close()
+  }
+}
+
 /** nbdcopy's command line for a run. */
 export const nbdcopyArgs = (run: CopyRun, uri: string, file: string): Array<string> => {
   const parallel = [`--connections=${run.connections}`, `--threads=${run.connections}`]
@@ -60,8 +77,9 @@ export const nbdcopyArgs = (run: CopyRun, uri: string, file: string): Array<stri
     : [...parallel, "--no-extents", uri, "null:"]
 }
 
-/** Runs one copy of `bytes` (the file's and the export's size) and times it. */
+/** Runs one copy of `bytes` (the file's and the export's size) and times it; a copy from the file reads it through first, untimed. */
 export const runCopy = async (run: CopyRun, uri: string, file: string, bytes: number): Promise<Outcome<CopyResult>> => {
+  if (run.direction === "file-to-export") await warmFile(file)
   const result = await runToCompletion("nbdcopy", nbdcopyArgs(run, uri, file), 300_000)
   const failed = failure("nbdcopy", result)
   if (failed !== undefined) return { ok: false, error: failed }

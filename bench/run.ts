@@ -397,11 +397,11 @@ const main = async (): Promise<number> => {
     formatSystemInfo(info),
     tls
       ? `- mode: ${mode.name}, TLS: memory export of ${mode.bytes / MiB} MiB on 127.0.0.1 with --tls require; ` +
-        `nbdcopy --connections=N --threads=N, export → null: with --no-extents; no fio: a first copy into the empty ` +
+        `nbdcopy --connections=N --threads=N, file → export: the file read through first (untimed), export → null: with --no-extents; no fio: a first copy into the empty ` +
         `export (prefill, first touch) comes before the copies measured as in the main run`
       : `- mode: ${mode.name}: export ${mode.bytes / MiB} MiB on 127.0.0.1; fio nbd ioengine, 1 job, ` +
         `${mode.timing.runtimeSeconds} s per workload${mode.timing.rampSeconds > 0 ? ` after ${mode.timing.rampSeconds} s ramp` : ""}; ` +
-        `nbdcopy --connections=N --threads=N, export → null: with --no-extents`,
+        `nbdcopy --connections=N --threads=N, file → export: the file read through first (untimed), export → null: with --no-extents`,
     ...(credentials === undefined
       ? []
       : [
