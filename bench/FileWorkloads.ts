@@ -15,7 +15,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { randomBytes } from "node:crypto"
 import { type FioTiming, runFio, WORKLOADS } from "./fio.ts"
-import { createRandomFile, runCopy, type CopyRun } from "./nbdcopy.ts"
+import { createRandomFile, runCopy, type CopyRun, warmSource } from "./nbdcopy.ts"
 import { describeServerSession, failure, hasExited, isShuttingDown, runToCompletion, spawnServer, stop } from "./proc.ts"
 import { effectNbdArgs, freePort } from "./servers.ts"
 import { median } from "./table.ts"
@@ -177,6 +177,7 @@ const measureRound = async (ctx: RoundContext, round: number, order: ReadonlyArr
     }
     for (const copy of [COPY_IN, COPY_OUT]) {
       for (const { name, server } of live()) {
+        await warmSource(copy, ctx.files.random)
         const result = await runCopy(copy, server.uri, ctx.files.random, mode.bytes)
         const label = `${place.name}: nbdcopy ${mode.bytes / MiB} MiB ${copy === COPY_IN ? "in (file → export)" : "out (export → null:)"}, 4 conn (MiB/s)`
         record(ctx, ctx.row(label, 1, false), name, result.ok ? { value: result.value.mibPerSec } : { error: result.error })

@@ -28,7 +28,7 @@ import * as path from "node:path"
 import * as Objects from "../src/drivers/S3Objects.ts"
 import * as Ceph from "../test/s3/Ceph.ts"
 import { type FioWorkload, runFio } from "./fio.ts"
-import { createRandomFile, type CopyRun, removeFile, runCopy } from "./nbdcopy.ts"
+import { createRandomFile, type CopyRun, removeFile, runCopy, warmSource } from "./nbdcopy.ts"
 import { hasExited, isShuttingDown, spawnTracked, stop } from "./proc.ts"
 import { effectNbdArgs, freePort } from "./servers.ts"
 
@@ -250,6 +250,7 @@ const throughServers = async (
     return { value, bytes }
   }
   const copy = workload.copy!
+  await warmSource(copy, randomFile)
   const started = performance.now()
   const results = await Promise.all(servers.map((server) => runCopy(copy, server.uri, randomFile, mode.bytes)))
   const seconds = (performance.now() - started) / 1000

@@ -2,10 +2,11 @@
  * nbdcopy runs between a local file of random data and an export, timed by
  * wall clock. Export→local copies go to nbdcopy's `null:` sink with
  * `--no-extents`, so every byte is read over NBD (even from nbdkit null).
- * Before a copy from the file, the file is read through once, untimed, so that
- * every server's copy reads it from the page cache: a host that pages out memory
- * left unused for a while (this machine's DAMON scheme does so after a minute)
- * would otherwise charge the first copy of a round with reads from the disk.
+ * Before a copy from the file, callers read it through once ({@link warmSource}),
+ * outside what they time, so that every server's copy reads it from the page cache:
+ * a host that pages out memory left unused for a while (this machine's DAMON scheme
+ * does so after a minute) would otherwise charge the first copy of a round with
+ * reads from the disk.
  */
 import { randomFillSync } from "node:crypto"
 import { rmSync } from "node:fs"
@@ -69,6 +70,11 @@ export const warmFile = async (path: string): Promise<void> => {
   }
 }
 
+/** Reads the source of a copy from the file through first (nothing for copies out); call it before timing the copy. */
+export const warmSource = async (run: CopyRun, file: string): Promise<void> => {
+  if (run.direction === "file-to-export") await warmFile(file)
+}
+
 /** nbdcopy's command line for a run. */
 export const nbdcopyArgs = (run: CopyRun, uri: string, file: string): Array<string> => {
   const parallel = [`--connections=${run.connections}`, `--threads=${run.connections}`]
@@ -77,9 +83,8 @@ export const nbdcopyArgs = (run: CopyRun, uri: string, file: string): Array<stri
     : [...parallel, "--no-extents", uri, "null:"]
 }
 
-/** Runs one copy of `bytes` (the file's and the export's size) and times it; a copy from the file reads it through first, untimed. */
+/** Runs one copy of `bytes` (the file's and the export's size) and times it. */
 export const runCopy = async (run: CopyRun, uri: string, file: string, bytes: number): Promise<Outcome<CopyResult>> => {
-  if (run.direction === "file-to-export") await warmFile(file)
   const result = await runToCompletion("nbdcopy", nbdcopyArgs(run, uri, file), 300_000)
   const failed = failure("nbdcopy", result)
   if (failed !== undefined) return { ok: false, error: failed }

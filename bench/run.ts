@@ -36,7 +36,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { type FioResult, type FioTiming, type FioWorkload, PREFILL, runFio, WORKLOADS } from "./fio.ts"
-import { COPIES, type CopyRun, createRandomFile, removeFile, runCopy } from "./nbdcopy.ts"
+import { COPIES, type CopyRun, createRandomFile, removeFile, runCopy, warmSource } from "./nbdcopy.ts"
 import { describeServerSession, installCleanup, isShuttingDown, runToCompletion, setServerSession, stopAll } from "./proc.ts"
 import { buildEffectNbd, filterArgs, type RunningServer, type ServerId, serversOf, startServer, TLS_SERVERS } from "./servers.ts"
 import { barsOf, renderChart } from "./chart.ts"
@@ -318,6 +318,7 @@ const main = async (): Promise<number> => {
   }
 
   const measureCopy = async ({ label, server, serverId }: Entry, copy: CopyRun) => {
+    await warmSource(copy, randomFile)
     const cpuBefore = server.cpuSeconds()
     const result = await runCopy(copy, server.uri, randomFile, mode.bytes)
     const cpuAfter = server.cpuSeconds()
