@@ -4,9 +4,12 @@
  * the kernel's first touch of new memory: one page fault and one zeroed 4 KiB page at a
  * time. Where the kernel offers transparent huge pages on request (`madvise` mode, the
  * usual default), the heap's new memory is advised `MADV_HUGEPAGE` before anything
- * touches it, so that a fault maps and zeroes 2 MiB at once (measured here: 1 GiB
+ * touches it, so that a fault maps and zeroes 2 MiB at once (measured on one machine: 1 GiB
  * allocated and written in 32 KiB pieces at about 650 MiB/s instead of 200, for the same
- * resident memory).
+ * resident memory). On a freshly started virtual machine whose host backs guest memory only
+ * as it is first touched, the huge pages come from memory not used since boot and cost more
+ * than 4 KiB pages, which are recycled first (measured: about half the speed); set
+ * `EFFECT_NBD_HUGE_PAGES=0` there.
  *
  * How: glibc is told to grow its heap by at least 64 MiB at a time (`M_TOP_PAD`), and
  * after each allocation of a store page, {@link HugePages.advise} compares the heap's end
