@@ -1,6 +1,6 @@
 /**
  * Transparent huge pages for the C heap, for stores that allocate much memory in small
- * pieces (the memory driver's 32 KiB pages). The first write of an export is bound by
+ * pieces (the memory driver's 2 MiB slabs of 32 KiB pages). The first write of an export is bound by
  * the kernel's first touch of new memory: one page fault and one zeroed 4 KiB page at a
  * time. Where the kernel offers transparent huge pages on request (`madvise` mode, the
  * usual default), the heap's new memory is advised `MADV_HUGEPAGE` before anything
@@ -11,8 +11,9 @@
  * than 4 KiB pages, which are recycled first (measured: about half the speed); set
  * `EFFECT_NBD_HUGE_PAGES=0` there.
  *
- * How: glibc is told to grow its heap by at least 64 MiB at a time (`M_TOP_PAD`), and
- * after each allocation of a store page, {@link HugePages.advise} compares the heap's end
+ * How: glibc is told to grow its heap by at least 64 MiB at a time (`M_TOP_PAD`) and to
+ * serve allocations below 4 MiB from it (`M_MMAP_THRESHOLD`), and after each allocation of
+ * a store's memory, {@link HugePages.advise} compares the heap's end
  * (`sbrk(0)`) with the end already advised and advises what is new. Node.js allocates
  * buffers of the main thread on that heap, and glibc leaves fresh heap memory untouched
  * (it is zero already), so the advice comes before the first touch.
@@ -34,6 +35,9 @@ export interface HugePages {
 
 const MADV_HUGEPAGE = 14
 const M_TOP_PAD = -2
+const M_MMAP_THRESHOLD = -3
+/** Allocations below this size come from the heap (the memory driver's 2 MiB slabs among them), not from a mapping of their own. */
+const MMAP_THRESHOLD = 4 * 1024 * 1024
 /** How much glibc grows the heap by at a time (and keeps at its top). */
 const TOP_PAD = 64 * 1024 * 1024
 const PAGE_MASK = ~4095n
@@ -54,6 +58,7 @@ const bind = (): HugePages => {
   const sbrk = libc.func("uintptr_t sbrk(intptr_t increment)")
   const mallopt = libc.func("int mallopt(int param, int value)")
   if (mallopt(M_TOP_PAD, TOP_PAD) !== 1) throw new Error("mallopt(M_TOP_PAD) refused")
+  if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) !== 1) throw new Error("mallopt(M_MMAP_THRESHOLD) refused")
   let advised = BigInt(sbrk(0))
   return {
     advise: () => {

@@ -2,9 +2,10 @@
  * A sparse in-memory driver. Pages are allocated on first write, so a 1 TiB export
  * costs nothing until written; untouched pages read as zeroes and are reported as
  * holes. Trim and zeroing free whole pages. State is shared by every connection, so
- * the export offers multi-connection. Where the kernel offers them, new pages are backed
- * by transparent huge pages (see `HugePages.ts`; `EFFECT_NBD_HUGE_PAGES=0` turns that off),
- * which makes the first write of an export about three times faster.
+ * the export offers multi-connection. Pages are slots of 2 MiB slabs (`Slabs.ts`), so that
+ * the garbage collector sees a few large buffers instead of one per page. Where the kernel
+ * offers them, slabs are backed by transparent huge pages (see `HugePages.ts`;
+ * `EFFECT_NBD_HUGE_PAGES=0` turns that off).
  *
  * @since 0.1.0
  */
@@ -18,6 +19,7 @@ import type { DriverPlugin } from "../Plugin.ts"
 import { formatSize } from "../Size.ts"
 import * as HugePages from "./HugePages.ts"
 import { PageTable } from "./PageTable.ts"
+import { Slabs } from "./Slabs.ts"
 import { parseSizeArgument } from "./SizeArgument.ts"
 
 /** Allocation granularity in bytes. */
@@ -38,11 +40,14 @@ export const MAX_PROVISION = 32 * 1024 * 1024
 /** Most extents in one block-status answer. */
 const MAX_STATUS_EXTENTS = 1 << 16
 
-/** A zeroed page, its memory advised to be backed by huge pages before anything touches it. */
-const newPage = (): Uint8Array => {
-  const page = new Uint8Array(PAGE_SIZE)
+/** Pages per slab (2 MiB of memory per slab; see `Slabs.ts`). */
+export const SLAB_PAGES = 64
+
+/** A zeroed slab, its memory advised to be backed by huge pages before anything touches it. */
+const newSlab = (bytes: number): Uint8Array => {
+  const slab = new Uint8Array(bytes)
   HugePages.load()?.advise()
-  return page
+  return slab
 }
 
 /** Options of the memory driver. */
@@ -53,14 +58,31 @@ export interface MemoryOptions {
   readonly description?: string | undefined
 }
 
-/** The sparse page store behind the driver; exposed for tests and tools. */
+/**
+ * What {@link SparseMemory.runs} hands on: `length` bytes of the range at `done`, lying at
+ * `at` in `slab`, or a hole when `slab` is `undefined`.
+ */
+type Run = (slab: Uint8Array | undefined, at: number, length: number, done: number) => void
+
+/**
+ * The sparse page store behind the driver; exposed for tests and tools. `pages` maps a
+ * page index to the slot holding the page (see `Slabs.ts`).
+ */
 export class SparseMemory {
-  readonly pages = new PageTable<Uint8Array>()
+  readonly pages = new PageTable<number>()
+  private readonly slabs = new Slabs(PAGE_SIZE, SLAB_PAGES, newSlab)
+  /** Records a page's new slot after a compaction. */
+  private readonly moved = (index: number, slot: number): void => this.pages.set(index, slot)
   constructor(public size: number) {}
 
   /** Bytes allocated for pages. */
   get allocatedBytes(): number {
     return this.pages.size * PAGE_SIZE
+  }
+
+  /** Bytes of memory held for pages (at least {@link allocatedBytes}: slabs are allocated whole). */
+  get heldBytes(): number {
+    return this.slabs.heldBytes
   }
 
   /** Calls `f` for each page-sized piece of `[offset, offset + length)`, with `done` bytes before it. */
@@ -80,6 +102,30 @@ export class SparseMemory {
     }
   }
 
+  /**
+   * Calls `f` for the runs of `[offset, offset + length)`: bytes that lie side by side in
+   * one slab (pages written in order sit in consecutive slots) come as one run, and so do
+   * consecutive holes. With `allocate`, holes are allocated first.
+   */
+  private runs(offset: number, length: number, allocate: boolean, f: Run): void {
+    let slab: Uint8Array | undefined
+    let at = 0
+    let n = 0
+    let from = 0
+    SparseMemory.eachPage(offset, length, (index, inPage, size, done) => {
+      const slot = allocate ? this.slotAt(index) : this.pages.get(index)
+      const bytes = slot === undefined ? undefined : this.slabs.bytesOf(slot)
+      const start = slot === undefined ? 0 : this.slabs.offsetOf(slot) + inPage
+      if (n > 0 && bytes === slab && (bytes === undefined || start === at + n)) return void (n += size)
+      if (n > 0) f(slab, at, n, from)
+      slab = bytes
+      at = start
+      n = size
+      from = done
+    })
+    if (n > 0) f(slab, at, n, from)
+  }
+
   read(offset: number, length: number): Uint8Array {
     const out = Buffer.allocUnsafe(length)
     this.readInto(offset, out)
@@ -88,10 +134,9 @@ export class SparseMemory {
 
   /** Copies `[offset, offset + target.length)` into `target` (holes as zeroes). */
   readInto(offset: number, target: Uint8Array): void {
-    SparseMemory.eachPage(offset, target.length, (index, inPage, n, done) => {
-      const page = this.pages.get(index)
-      if (page === undefined) target.fill(0, done, done + n)
-      else target.set(page.subarray(inPage, inPage + n), done)
+    this.runs(offset, target.length, false, (slab, at, n, done) => {
+      if (slab === undefined) target.fill(0, done, done + n)
+      else target.set(slab.subarray(at, at + n), done)
     })
   }
 
@@ -101,38 +146,56 @@ export class SparseMemory {
     const inPage = offset - index * PAGE_SIZE
     if (length > 0 && inPage + length <= PAGE_SIZE) {
       // Within one page (every small read): no walk.
-      const page = this.pages.get(index)
-      return [page === undefined ? length : page.subarray(inPage, inPage + length)]
+      const slot = this.pages.get(index)
+      if (slot === undefined) return [length]
+      const at = this.slabs.offsetOf(slot) + inPage
+      return [this.slabs.bytesOf(slot).subarray(at, at + length)]
     }
     const out: Array<Uint8Array | number> = []
-    SparseMemory.eachPage(offset, length, (index, inPage, n) => {
-      const page = this.pages.get(index)
-      if (page !== undefined) return void out.push(page.subarray(inPage, inPage + n))
-      const last = out.length - 1
-      if (typeof out[last] === "number") out[last] = (out[last] as number) + n
-      else out.push(n)
-    })
+    this.runs(offset, length, false, (slab, at, n) => void out.push(slab === undefined ? n : slab.subarray(at, at + n)))
     return out
   }
 
-  /** The page at `index`, allocated if it was not. */
-  private pageAt(index: number): Uint8Array {
-    let page = this.pages.get(index)
-    if (page === undefined) {
-      page = newPage()
-      this.pages.set(index, page)
+  /** The slot of the page at `index`, allocated if it was not. */
+  private slotAt(index: number): number {
+    let slot = this.pages.get(index)
+    if (slot === undefined) {
+      slot = this.slabs.take(index)
+      this.pages.set(index, slot)
     }
-    return page
+    return slot
+  }
+
+  /** Frees the page at `index`, if allocated (call {@link compact} once the operation's frees are done). */
+  private drop(index: number): void {
+    const slot = this.pages.get(index)
+    if (slot === undefined) return
+    this.pages.delete(index)
+    this.slabs.release(slot)
+  }
+
+  /** Moves the pages of slabs left at most half used (see `Slabs.ts`). */
+  private compact(): void {
+    this.slabs.compact(this.moved)
+  }
+
+  /** Zeroes `[from, to)` of the page at `index` in place, if allocated. */
+  private clearIn(index: number, from: number, to: number): void {
+    const slot = this.pages.get(index)
+    if (slot === undefined) return
+    const at = this.slabs.offsetOf(slot)
+    this.slabs.bytesOf(slot).fill(0, at + from, at + to)
   }
 
   write(offset: number, data: Uint8Array): void {
     const index = Math.floor(offset / PAGE_SIZE)
     const inPage = offset - index * PAGE_SIZE
     // Within one page (every small write): no walk.
-    if (data.length > 0 && inPage + data.length <= PAGE_SIZE) return this.pageAt(index).set(data, inPage)
-    SparseMemory.eachPage(offset, data.length, (index, inPage, n, done) => {
-      this.pageAt(index).set(data.subarray(done, done + n), inPage)
-    })
+    if (data.length > 0 && inPage + data.length <= PAGE_SIZE) {
+      const slot = this.slotAt(index)
+      return this.slabs.bytesOf(slot).set(data, this.slabs.offsetOf(slot) + inPage)
+    }
+    this.runs(offset, data.length, true, (slab, at, n, done) => slab!.set(data.subarray(done, done + n), at))
   }
 
   /**
@@ -145,9 +208,8 @@ export class SparseMemory {
     if (!keepAllocated) return this.free(offset, length)
     if (length > MAX_PROVISION) return this.clearAllocated(offset, length)
     SparseMemory.eachPage(offset, length, (index, inPage, n) => {
-      const page = this.pages.get(index)
-      if (page !== undefined) page.fill(0, inPage, inPage + n)
-      else this.pages.set(index, newPage())
+      if (this.pages.has(index)) this.clearIn(index, inPage, inPage + n)
+      else this.slotAt(index)
     })
   }
 
@@ -156,7 +218,7 @@ export class SparseMemory {
     const end = offset + length
     for (const index of this.pages.keysIn(Math.floor(offset / PAGE_SIZE), Math.ceil(end / PAGE_SIZE))) {
       const start = index * PAGE_SIZE
-      this.pages.get(index)!.fill(0, Math.max(offset - start, 0), Math.min(end - start, PAGE_SIZE))
+      this.clearIn(index, Math.max(offset - start, 0), Math.min(end - start, PAGE_SIZE))
     }
   }
 
@@ -167,12 +229,19 @@ export class SparseMemory {
     const last = Math.floor(end / PAGE_SIZE) // whole pages: [first, last)
     const clear = (from: number, to: number) => {
       const index = Math.floor(from / PAGE_SIZE)
-      this.pages.get(index)?.fill(0, from - index * PAGE_SIZE, to - index * PAGE_SIZE)
+      this.clearIn(index, from - index * PAGE_SIZE, to - index * PAGE_SIZE)
     }
     if (first > last) return clear(offset, end) // within one page
     if (offset < first * PAGE_SIZE) clear(offset, first * PAGE_SIZE)
     if (end > last * PAGE_SIZE) clear(last * PAGE_SIZE, end)
-    for (const index of this.pages.keysIn(first, last)) this.pages.delete(index)
+    for (const index of this.pages.keysIn(first, last)) this.drop(index)
+    this.compact()
+  }
+
+  /** Frees every page. */
+  clear(): void {
+    this.pages.clear()
+    this.slabs.clear()
   }
 
   /**
@@ -207,9 +276,10 @@ export class SparseMemory {
   resize(size: number): void {
     if (size < this.size) {
       const firstDropped = Math.ceil(size / PAGE_SIZE)
-      for (const index of this.pages.keysIn(firstDropped, Math.ceil(this.size / PAGE_SIZE))) this.pages.delete(index)
+      for (const index of this.pages.keysIn(firstDropped, Math.ceil(this.size / PAGE_SIZE))) this.drop(index)
       const tail = size % PAGE_SIZE
-      if (tail !== 0) this.pages.get(firstDropped - 1)?.fill(0, tail)
+      if (tail !== 0) this.clearIn(firstDropped - 1, tail, PAGE_SIZE)
+      this.compact()
     }
     this.size = size
   }

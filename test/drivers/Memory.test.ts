@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as FastCheck from "effect/FastCheck"
 import { HOLE_ZERO } from "../../src/Driver.ts"
-import { PAGE_SIZE, SparseMemory } from "../../src/drivers/Memory.ts"
+import { PAGE_SIZE, SLAB_PAGES, SparseMemory } from "../../src/drivers/Memory.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 
 describe("sparse memory", () => {
@@ -142,5 +142,73 @@ describe("sparse memory pages freed and allocated again", () => {
     expect(store.blockStatus(0, size)).toEqual([{ length: size, flags: HOLE_ZERO }])
     store.write(0, pattern(size, 4))
     expectBytes(store.read(0, size), pattern(size, 4))
+  })
+
+  it("a view keeps its bytes when compaction moves its page and the page is written again", () => {
+    const store = new SparseMemory(4 * SLAB_PAGES * PAGE_SIZE)
+    store.write(0, pattern(SLAB_PAGES * PAGE_SIZE, 5)) // one full slab
+    store.write(SLAB_PAGES * PAGE_SIZE, pattern(PAGE_SIZE, 6)) // the next slab, now the current one
+    const [view] = store.views(7 * PAGE_SIZE, PAGE_SIZE)
+    const before = Uint8Array.from(view as Uint8Array)
+    store.zero(8 * PAGE_SIZE, (SLAB_PAGES - 8) * PAGE_SIZE, false) // the first slab keeps 8 pages: compacted
+    expect(store.heldBytes).toBe(SLAB_PAGES * PAGE_SIZE) // its 8 pages moved into the current slab, and it was dropped
+    store.write(7 * PAGE_SIZE, new Uint8Array(PAGE_SIZE).fill(0x5a))
+    expectBytes(view as Uint8Array, before)
+    expectBytes(store.read(0, 7 * PAGE_SIZE), pattern(SLAB_PAGES * PAGE_SIZE, 5).subarray(0, 7 * PAGE_SIZE))
+    expectBytes(store.read(7 * PAGE_SIZE, PAGE_SIZE), new Uint8Array(PAGE_SIZE).fill(0x5a))
+  })
+
+  it("behaves like a flat buffer across slabs under large writes, trims, zeroes and resizes, holding at most twice what it keeps", () => {
+    const pages = 5 * SLAB_PAGES
+    FastCheck.assert(
+      FastCheck.property(
+        FastCheck.array(
+          FastCheck.tuple(
+            FastCheck.constantFrom("write", "write", "trim", "zeroKeep", "shrink"),
+            FastCheck.integer({ min: 0, max: pages * PAGE_SIZE - 1 }),
+            FastCheck.integer({ min: 1, max: 2 * SLAB_PAGES * PAGE_SIZE }),
+            FastCheck.integer({ min: 0, max: 255 })
+          ),
+          { maxLength: 25 }
+        ),
+        (operations) => {
+          const size = pages * PAGE_SIZE
+          const store = new SparseMemory(size)
+          const model = new Uint8Array(size)
+          for (const [op, offset, rawLength, seed] of operations) {
+            const length = Math.min(rawLength, size - offset)
+            if (op === "write") {
+              const data = pattern(length, seed)
+              store.write(offset, data)
+              model.set(data, offset)
+            } else if (op === "shrink") {
+              store.resize(offset)
+              model.fill(0, offset)
+              store.resize(size)
+            } else {
+              store.zero(offset, length, op === "zeroKeep")
+              model.fill(0, offset, offset + length)
+            }
+            expect(store.heldBytes).toBeLessThanOrEqual(2 * store.allocatedBytes + 2 * SLAB_PAGES * PAGE_SIZE)
+          }
+          expectBytes(store.read(0, size), model)
+          const flat = new Uint8Array(size)
+          let at = 0
+          for (const piece of store.views(0, size)) {
+            if (typeof piece !== "number") flat.set(piece, at)
+            at += typeof piece === "number" ? piece : piece.length
+          }
+          expectBytes(flat, model)
+        }
+      ),
+      { numRuns: 60 }
+    )
+  })
+
+  it("a sequential write lies in one piece per slab, and reads back as views of as many pieces", () => {
+    const store = new SparseMemory(4 * SLAB_PAGES * PAGE_SIZE)
+    store.write(0, pattern(2 * SLAB_PAGES * PAGE_SIZE, 9))
+    const views = store.views(PAGE_SIZE / 2, SLAB_PAGES * PAGE_SIZE)
+    expect(views.map((v) => (typeof v === "number" ? v : v.length))).toEqual([SLAB_PAGES * PAGE_SIZE - PAGE_SIZE / 2, PAGE_SIZE / 2])
   })
 })

@@ -180,7 +180,7 @@ export const makeStores = (): Stores => ({
 export const resetStores = (stores: Stores): void => {
   const sizes = [[stores.rw, Exports.rw.size], [stores.aligned, Exports.aligned.size], [stores.big, Exports.big.size]] as const
   for (const [store, size] of sizes) {
-    store.pages.clear()
+    store.clear()
     store.size = size
   }
 }

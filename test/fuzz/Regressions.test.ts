@@ -66,9 +66,9 @@ describe("finding 1: a write high-water mark below the stream's own (16 KiB) sta
 })
 
 /** A page table that counts lookups, to see how many pages an operation visits. */
-class CountingPages extends PageTable<Uint8Array> {
+class CountingPages extends PageTable<number> {
   gets = 0
-  override get(index: number): Uint8Array | undefined {
+  override get(index: number): number | undefined {
     this.gets++
     return super.get(index)
   }
