@@ -40,8 +40,6 @@ interface Slab {
  */
 export class Slabs {
   private readonly slabs: Array<Slab | undefined> = []
-  /** Each slab's bytes by id, apart from its other fields: the one lookup of a read or write. */
-  private readonly buffers: Array<Uint8Array | undefined> = []
   /** Ids of dropped slabs, for the next new ones. */
   private readonly freeIds: Array<number> = []
   /** The slab new slots come from. */
@@ -80,7 +78,7 @@ export class Slabs {
 
   /** The slab holding `slot`. */
   bytesOf(slot: number): Uint8Array {
-    return this.buffers[slot >>> this.shift]!
+    return this.slabs[slot >>> this.shift]!.bytes
   }
 
   /** Where `slot` starts in its slab. */
@@ -137,7 +135,6 @@ export class Slabs {
   /** Drops every slab. */
   clear(): void {
     this.slabs.length = 0
-    this.buffers.length = 0
     this.freeIds.length = 0
     this.sparse.clear()
     this.current = undefined
@@ -154,14 +151,12 @@ export class Slabs {
       live: 0
     }
     this.slabs[id] = slab
-    this.buffers[id] = slab.bytes
     this.count++
     return slab
   }
 
   private drop(slab: Slab): void {
     this.slabs[slab.id] = undefined
-    this.buffers[slab.id] = undefined
     this.freeIds.push(slab.id)
     this.sparse.delete(slab)
     if (slab === this.current) this.current = undefined
