@@ -4,6 +4,27 @@ import { HOLE_ZERO } from "../../src/Driver.ts"
 import { PAGE_SIZE, SLAB_PAGES, SparseMemory } from "../../src/drivers/Memory.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
 
+/** The bytes of `views` laid end to end (holes as zeroes). */
+const flatten = (views: ReadonlyArray<Uint8Array | number>): Uint8Array =>
+  Buffer.concat(views.map((piece) => (typeof piece === "number" ? new Uint8Array(piece) : piece)))
+
+/** Applies one operation to `store` and to `model`, a flat buffer of the export's bytes. */
+const apply = (store: SparseMemory, model: Uint8Array, op: string, offset: number, rawLength: number, seed: number): void => {
+  const length = Math.min(rawLength, model.length - offset)
+  if (op === "write") {
+    const data = pattern(length, seed)
+    store.write(offset, data)
+    model.set(data, offset)
+  } else if (op === "shrink") {
+    store.resize(offset)
+    model.fill(0, offset)
+    store.resize(model.length)
+  } else {
+    store.zero(offset, length, op === "zeroKeep")
+    model.fill(0, offset, offset + length)
+  }
+}
+
 describe("sparse memory", () => {
   it("allocates nothing until written, and a terabyte reads as zeroes", () => {
     const store = new SparseMemory(1024 ** 4)
@@ -28,17 +49,7 @@ describe("sparse memory", () => {
         (operations) => {
           const store = new SparseMemory(size)
           const model = new Uint8Array(size)
-          for (const [op, offset, rawLength, seed] of operations) {
-            const length = Math.min(rawLength, size - offset)
-            if (op === "write") {
-              const data = pattern(length, seed)
-              store.write(offset, data)
-              model.set(data, offset)
-            } else {
-              store.zero(offset, length, op === "zeroKeep")
-              model.fill(0, offset, offset + length)
-            }
-          }
+          for (const [op, offset, rawLength, seed] of operations) apply(store, model, op, offset, rawLength, seed)
           expectBytes(store.read(0, size), model)
           const extents = store.blockStatus(0, size)
           expect(extents.reduce((n, e) => n + e.length, 0)).toBe(size)
@@ -57,8 +68,6 @@ describe("sparse memory", () => {
     const store = new SparseMemory(size)
     store.write(PAGE_SIZE - 100, pattern(200, 1)) // across the first page boundary
     store.write(3 * PAGE_SIZE + 5, pattern(10, 2)) // inside one page
-    const flatten = (views: ReadonlyArray<Uint8Array | number>): Uint8Array =>
-      Buffer.concat(views.map((piece) => (typeof piece === "number" ? new Uint8Array(piece) : piece)))
     expect(store.views(10, 0)).toEqual([])
     expect(store.views(2 * PAGE_SIZE + 7, 100)).toEqual([100]) // a hole within one page
     FastCheck.assert(
@@ -176,29 +185,11 @@ describe("sparse memory pages freed and allocated again", () => {
           const store = new SparseMemory(size)
           const model = new Uint8Array(size)
           for (const [op, offset, rawLength, seed] of operations) {
-            const length = Math.min(rawLength, size - offset)
-            if (op === "write") {
-              const data = pattern(length, seed)
-              store.write(offset, data)
-              model.set(data, offset)
-            } else if (op === "shrink") {
-              store.resize(offset)
-              model.fill(0, offset)
-              store.resize(size)
-            } else {
-              store.zero(offset, length, op === "zeroKeep")
-              model.fill(0, offset, offset + length)
-            }
+            apply(store, model, op, offset, rawLength, seed)
             expect(store.heldBytes).toBeLessThanOrEqual(2 * store.allocatedBytes + 2 * SLAB_PAGES * PAGE_SIZE)
           }
           expectBytes(store.read(0, size), model)
-          const flat = new Uint8Array(size)
-          let at = 0
-          for (const piece of store.views(0, size)) {
-            if (typeof piece !== "number") flat.set(piece, at)
-            at += typeof piece === "number" ? piece : piece.length
-          }
-          expectBytes(flat, model)
+          expectBytes(flatten(store.views(0, size)), model)
         }
       ),
       { numRuns: 60 }
