@@ -1,24 +1,24 @@
 /**
- * Transparent huge pages for the C heap, for stores that allocate much memory in small
- * pieces (the memory driver's 2 MiB slabs of 32 KiB pages). The first write of an export is bound by
- * the kernel's first touch of new memory: one page fault and one zeroed 4 KiB page at a
- * time. Where the kernel offers transparent huge pages on request (`madvise` mode, the
- * usual default), the heap's new memory is advised `MADV_HUGEPAGE` before anything
- * touches it, so that a fault maps and zeroes 2 MiB at once (measured on one machine: 1 GiB
- * allocated and written in 32 KiB pieces at about 650 MiB/s instead of 200, for the same
- * resident memory). On a freshly started virtual machine whose host backs guest memory only
- * as it is first touched, the huge pages come from memory not used since boot and cost more
- * than 4 KiB pages, which are recycled first (measured: about half the speed); set
- * `EFFECT_NBD_HUGE_PAGES=0` there.
+ * Transparent huge pages for the C heap, for stores that allocate much memory in pieces
+ * (the memory driver's 2 MiB slabs of 32 KiB pages). The first write of an export is bound by
+ * the kernel's first touch of new memory: a page fault and a zeroed page at a time. Where
+ * the kernel offers transparent huge pages on request (`madvise` mode, the usual default), a
+ * fault can map and zero 2 MiB at once; whether that is faster depends on the machine
+ * (measured: three times as fast on one virtual machine, a sixth as fast on another whose
+ * host takes freed memory back), so {@link HugePagePolicy} tries both and takes the faster.
+ * `EFFECT_NBD_HUGE_PAGES=1` asks for huge pages always, `EFFECT_NBD_HUGE_PAGES=0` never (and
+ * leaves the C heap's settings alone).
  *
  * How: glibc is told to grow its heap by at least 64 MiB at a time (`M_TOP_PAD`) and to
- * serve allocations below 4 MiB from it (`M_MMAP_THRESHOLD`), and after each allocation of
- * a store's memory, {@link HugePages.advise} compares the heap's end
- * (`sbrk(0)`) with the end already advised and advises what is new. Node.js allocates
- * buffers of the main thread on that heap, and glibc leaves fresh heap memory untouched
- * (it is zero already), so the advice comes before the first touch.
+ * serve allocations below 4 MiB from it (`M_MMAP_THRESHOLD`). {@link HugePages.allocate}
+ * times each allocation (glibc's `calloc` zeroes memory it takes from the heap's top, which
+ * is the first touch of it), and when the heap has grown it compares the heap's end
+ * (`sbrk(0)`) with the end already seen and advises what is new `MADV_HUGEPAGE`, or not, as
+ * the policy says. Node.js allocates the buffers of the main thread on that heap, and glibc
+ * leaves memory it has just taken from the system untouched (it is zero already), so the
+ * advice comes before the first touch.
  *
- * {@link load} returns `undefined` (and the store works as before) where this cannot be
+ * {@link load} returns `undefined` (and stores allocate as any buffer) where this cannot be
  * done: not Linux with glibc, transparent huge pages off (`never`), koffi missing, or
  * `EFFECT_NBD_HUGE_PAGES=0` in the environment.
  *
@@ -26,11 +26,14 @@
  */
 import { readFileSync } from "node:fs"
 import { createRequire } from "node:module"
+import { HugePagePolicy } from "./HugePagePolicy.ts"
 
-/** Advises the heap's new memory. */
+/** Allocation of a store's memory on the advised heap. */
 export interface HugePages {
-  /** Call after allocating a store page and before writing into it. */
-  readonly advise: () => void
+  /** A zeroed buffer of `bytes` (below 4 MiB), on memory advised as the policy says. */
+  readonly allocate: (bytes: number) => Uint8Array
+  /** The decision, or `undefined` when huge pages are asked for always. */
+  readonly policy: HugePagePolicy | undefined
 }
 
 const MADV_HUGEPAGE = 14
@@ -51,7 +54,7 @@ const kernelOffers = (): boolean => {
   }
 }
 
-const bind = (): HugePages => {
+const bind = (policy: HugePagePolicy | undefined): HugePages => {
   const koffi = createRequire(import.meta.url)("koffi") as typeof import("koffi")
   const libc = koffi.load("libc.so.6")
   const madvise = libc.func("int madvise(uintptr_t addr, size_t length, int advice)")
@@ -59,14 +62,26 @@ const bind = (): HugePages => {
   const mallopt = libc.func("int mallopt(int param, int value)")
   if (mallopt(M_TOP_PAD, TOP_PAD) !== 1) throw new Error("mallopt(M_TOP_PAD) refused")
   if (mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) !== 1) throw new Error("mallopt(M_MMAP_THRESHOLD) refused")
-  let advised = BigInt(sbrk(0))
+  let seen = BigInt(sbrk(0))
   return {
-    advise: () => {
+    policy,
+    allocate: (bytes) => {
+      const began = performance.now()
+      const memory = new Uint8Array(bytes)
+      const took = performance.now() - began
       const end = BigInt(sbrk(0))
-      if (end <= advised) return
-      const start = advised & PAGE_MASK
-      madvise(start, end - start, MADV_HUGEPAGE)
-      advised = end
+      // Taken from the heap as it was: zeroed by calloc, so first touched, in the extent's way.
+      if (end <= seen) {
+        policy?.record(bytes, took * 1e6)
+        return memory
+      }
+      // The heap grew (this allocation was partly fresh memory, not touched yet: not timed).
+      if ((policy?.next() ?? "huge") === "huge") {
+        const start = seen & PAGE_MASK
+        madvise(start, end - start, MADV_HUGEPAGE)
+      }
+      seen = end
+      return memory
     }
   }
 }
@@ -83,7 +98,7 @@ export const load = (): HugePages | undefined => {
     return undefined
   }
   try {
-    loaded = bind()
+    loaded = bind(process.env.EFFECT_NBD_HUGE_PAGES === "1" ? undefined : new HugePagePolicy())
   } catch {
     loaded = null
   }

@@ -4,8 +4,8 @@
  * holes. Trim and zeroing free whole pages. State is shared by every connection, so
  * the export offers multi-connection. Pages are slots of 2 MiB slabs (`Slabs.ts`), so that
  * the garbage collector sees a few large buffers instead of one per page. Where the kernel
- * offers them, slabs are backed by transparent huge pages (see `HugePages.ts`;
- * `EFFECT_NBD_HUGE_PAGES=0` turns that off).
+ * offers them, slabs are backed by transparent huge pages when a measurement of first
+ * touches finds them faster (see `HugePages.ts`; `EFFECT_NBD_HUGE_PAGES=1` always, `=0` never).
  *
  * @since 0.1.0
  */
@@ -43,12 +43,8 @@ const MAX_STATUS_EXTENTS = 1 << 16
 /** Pages per slab (2 MiB of memory per slab; see `Slabs.ts`). */
 export const SLAB_PAGES = 64
 
-/** A zeroed slab, its memory advised to be backed by huge pages before anything touches it. */
-const newSlab = (bytes: number): Uint8Array => {
-  const slab = new Uint8Array(bytes)
-  HugePages.load()?.advise()
-  return slab
-}
+/** A zeroed slab, on memory backed by huge pages where they are offered and faster (see `HugePages.ts`). */
+const newSlab = (bytes: number): Uint8Array => HugePages.load()?.allocate(bytes) ?? new Uint8Array(bytes)
 
 /** Options of the memory driver. */
 export interface MemoryOptions {
