@@ -296,6 +296,8 @@ export const fromStore = (store: SparseMemory, description?: string): Driver.Nbd
     // The Effect path (filters that replace the fast path, tracing) copies into the server's buffers.
     readInto: (offset, target) => Effect.sync(() => store.readInto(offset, target)),
     write: (offset, data) => Effect.sync(() => store.write(offset, data)),
+    // `write` copies into the pages: a payload gathered on the Effect path goes into a pooled buffer.
+    writeCopies: true,
     flush: Effect.void,
     trim: (offset, length) => Effect.sync(() => store.zero(offset, length, false)),
     writeZeroes: (offset, length, options) => Effect.sync(() => store.zero(offset, length, options.noHole)),

@@ -45,6 +45,7 @@ export const make = (options: NullOptions): Driver.NbdDriverShape => {
     size: Effect.succeed(size),
     read: (_, length) => Effect.sync(() => new Uint8Array(length)),
     write: discard,
+    writeCopies: true, // nothing is kept
     flush: Effect.void,
     trim: discard,
     writeZeroes: discard,

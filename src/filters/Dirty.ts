@@ -111,6 +111,7 @@ const overrides = (tracker: Tracker, below: Driver.DriverHandle): Driver.HandleO
   const fast = below.sync
   return {
     write: (offset, data, options) => marked(tracker, offset, data.length, () => below.write(offset, data, options)),
+    writeCopies: below.writeCopies, // the data goes below as it is
     trim: (offset, length, options) => marked(tracker, offset, length, () => below.trim(offset, length, options)),
     writeZeroes: (offset, length, options) =>
       marked(tracker, offset, length, () => below.writeZeroes(offset, length, options)),

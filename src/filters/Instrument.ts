@@ -105,6 +105,7 @@ export const instrument = (
       : (offset, target) => timed("READ", offset, target.length, NO_FLAGS, handle.readInto!(offset, target)),
     write: (offset, data, options) =>
       timed("WRITE", offset, data.length, flagsOf(options), handle.write(offset, data, options)),
+    writeCopies: handle.writeCopies, // the data goes below as it is
     flush: timed("FLUSH", 0, 0, NO_FLAGS, handle.flush),
     trim: (offset, length, options) =>
       timed("TRIM", offset, length, flagsOf(options), handle.trim(offset, length, options)),

@@ -78,6 +78,7 @@ export const overrides = (below: Driver.DriverHandle, window: Window): Driver.Ha
       into: (offset, target) => below.readNow!.into(at + offset, target)
     },
     write: (offset, data, options) => Effect.mapError(below.write(at + offset, data, options), back),
+    writeCopies: below.writeCopies, // the data goes below as it is
     trim: (offset, length, options) => Effect.mapError(below.trim(at + offset, length, options), back),
     writeZeroes: (offset, length, options) => Effect.mapError(below.writeZeroes(at + offset, length, options), back),
     cache: (offset, length) => Effect.mapError(below.cache(at + offset, length), back),

@@ -62,12 +62,17 @@ export const readIntoVia = (below: DriverHandle, run: Runner): DriverHandle["rea
         ? h.readInto(offset, target)
         : Effect.map(h.read(offset, target.length), (data) => void target.set(data)))
 
-/** What {@link wrap} overrides: some operations, and reads into the server's buffers with `read`. */
-type Wrapped = Partial<Operations> & Pick<Partial<DriverHandle>, "readInto">
+/**
+ * What {@link wrap} overrides: some operations, reads into the server's buffers with `read`,
+ * and with `write` whether writes copy their data.
+ */
+type Wrapped = Partial<Operations> & Pick<Partial<DriverHandle>, "readInto" | "writeCopies">
 
 /**
  * Only the operations in `ops`, each going through `run` (overrides for `Driver.filter`
- * over `below`); with `read`, reads into the server's buffers too ({@link readIntoVia}).
+ * over `below`); with `read`, reads into the server's buffers too ({@link readIntoVia});
+ * with `write`, writes copy their data when `below`'s do (`run` hands the data to a handle
+ * and keeps none of it).
  */
 export const wrap = (
   ops: Iterable<Operation>,
@@ -75,10 +80,11 @@ export const wrap = (
   below: DriverHandle
 ): Wrapped => {
   const wrapped = wrapAll(run)
-  const out: Partial<Record<keyof Operations | "readInto", unknown>> = {}
+  const out: Partial<Record<keyof Operations | "readInto" | "writeCopies", unknown>> = {}
   for (const op of ops) {
     out[members[op]] = wrapped[members[op]]
     if (op === "read") out.readInto = readIntoVia(below, run)
+    if (op === "write") out.writeCopies = below.writeCopies
   }
   return out as Wrapped
 }

@@ -77,7 +77,8 @@ export const make = (options: RateOptions): Driver.Filter => (below) =>
               ? undefined
               : (offset, target) => Effect.zipRight(wait(target.length), handle.readInto!(offset, target)),
             write: (offset, data, writeOptions) =>
-              Effect.zipRight(wait(data.length), handle.write(offset, data, writeOptions))
+              Effect.zipRight(wait(data.length), handle.write(offset, data, writeOptions)),
+            writeCopies: handle.writeCopies // the data goes below as it is
           }
         })
     })

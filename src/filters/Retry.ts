@@ -161,6 +161,8 @@ export const apply = (below: Driver.NbdDriverShape, options: RetryOptions = {}):
         const handle: Driver.DriverHandle = {
           ...Operations.wrapAll(runner),
           readInto: Operations.readIntoVia(conn.first, runner),
+          // Every attempt hands the data to an opening of the same driver, and none keeps it.
+          writeCopies: conn.first.writeCopies,
           capabilities: conn.first.capabilities,
           size: run(0, (h) => h.size),
           resize: (size) => run(0, (h) => h.resize(size)),

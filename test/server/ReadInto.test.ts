@@ -5,8 +5,10 @@
  * reads of other data reuse the buffers of replies already sent. Also: the pool itself,
  * the frame writer's completion callback over both strategies, structured replies with
  * and without DF, `readNow` (answered at once or declined), WRITE payloads copied into
- * pooled buffers (`writeCopies`), a failing `readInto`, and the filter rules that drop
- * `readInto`, `readNow` and `writeCopies` when a filter replaces what they stand for.
+ * pooled buffers (`writeCopies`, also for the memory driver behind a filter), a failing
+ * `readInto`, and the filter rules that drop `readInto`, `readNow` and `writeCopies` when a
+ * filter replaces what they stand for (and keep `writeCopies` through the filters that hand
+ * a write's data below as it is).
  */
 import * as Effect from "effect/Effect"
 import * as EffectOption from "effect/Option"
@@ -15,6 +17,13 @@ import { Writable } from "node:stream"
 import { describe, expect, it } from "vitest"
 import * as Client from "../../src/client/NbdClient.ts"
 import * as Driver from "../../src/Driver.ts"
+import * as DelayFilter from "../../src/filters/Delay.ts"
+import * as ErrorFilter from "../../src/filters/Error.ts"
+import * as OffsetFilter from "../../src/filters/Offset.ts"
+import * as RateFilter from "../../src/filters/Rate.ts"
+import * as RetryFilter from "../../src/filters/Retry.ts"
+import * as StatsFilter from "../../src/filters/Stats.ts"
+import * as StatsCollector from "../../src/filters/StatsCollector.ts"
 import { protocolError } from "../../src/Errors.ts"
 import { Command, CommandFlags } from "../../src/protocol/Constants.ts"
 import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
@@ -271,6 +280,31 @@ describe("WRITE payloads copied into pooled buffers (writeCopies)", () => {
   })
 })
 
+describe("WRITE payloads of the memory driver behind a filter", () => {
+  it("land whole while the pooled buffers are reused", { timeout: 30_000 }, async () => {
+    // error:rate=0 takes every WRITE off the fast path: each payload spans several reads and is gathered.
+    const server = await TestServer.start({ stack: ["error:rate=0"] })
+    try {
+      const count = 48
+      const length = MiB
+      const back = await withClient(server.port, (client) =>
+        Effect.zipRight(
+          Effect.all(
+            Array.from({ length: count }, (_, i) => client.write(i * length, stamped(i * length + 3, length))),
+            { concurrency: 8 }
+          ),
+          client.read(0, count * length)
+        ))
+      for (let i = 0; i < count; i++) {
+        const got = Buffer.from(back.subarray(i * length, (i + 1) * length))
+        expect(got.equals(stamped(i * length + 3, length)), `write ${i}`).toBe(true)
+      }
+    } finally {
+      await server.stop()
+    }
+  })
+})
+
 describe("a failing readInto", () => {
   it("answers the error and keeps serving", { timeout: 30_000 }, async () => {
     let failures = 0
@@ -347,5 +381,28 @@ describe("readInto through filters", () => {
     expect(passing.writeCopies).toBe(true)
     const dropped = await open(Driver.filter(copying, { name: "writes", open: (h) => ({ write: h.write }) }))
     expect(dropped.writeCopies).toBeUndefined()
+  })
+
+  it("keeps writeCopies through the filters that hand the data below as it is", async () => {
+    const copying = Driver.make({
+      size: Effect.succeed(SIZE),
+      read: (offset, length) => Effect.succeed(stamped(offset, length)),
+      write: () => Effect.void,
+      writeCopies: true
+    })
+    const keeping = Driver.make({ size: Effect.succeed(SIZE), read: () => Effect.never, write: () => Effect.void })
+    const filters: ReadonlyArray<[string, Driver.Filter]> = [
+      ["error", ErrorFilter.make({ rate: 0 })],
+      ["delay", DelayFilter.make({ write: 1 })],
+      ["retry", RetryFilter.make()],
+      ["rate", RateFilter.make({ rate: 1e9 })],
+      ["offset", OffsetFilter.make({ offset: 4096 })],
+      ["stats", StatsFilter.make({ collector: Effect.runSync(StatsCollector.makeCollector) })]
+    ]
+    for (const [name, filter] of filters) {
+      const over = (below: Driver.NbdDriverShape) => open(Effect.runSync(Effect.scoped(filter(below))))
+      expect((await over(copying)).writeCopies, name).toBe(true)
+      expect((await over(keeping)).writeCopies, name).toBeUndefined()
+    }
   })
 })
