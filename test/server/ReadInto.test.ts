@@ -338,6 +338,13 @@ describe("readInto through filters", () => {
       Effect.scoped(driver.open({ exportName: "", client: { connectionId: 0, transport: { _tag: "InProcess" }, tls: EffectOption.none() } }))
     )
   const below = stampDriver("effect").driver
+  /** A driver whose write keeps nothing of its data. */
+  const copying = Driver.make({
+    size: Effect.succeed(SIZE),
+    read: (offset, length) => Effect.succeed(stamped(offset, length)),
+    write: () => Effect.void,
+    writeCopies: true
+  })
 
   it("passes when the filter leaves read alone, and is dropped when it replaces read", async () => {
     const passing = await open(Driver.filter(below, { name: "flush-only", open: (h) => ({ flush: h.flush }) }))
@@ -371,12 +378,6 @@ describe("readInto through filters", () => {
   })
 
   it("passes writeCopies only when the filter does not replace write", async () => {
-    const copying = Driver.make({
-      size: Effect.succeed(SIZE),
-      read: (offset, length) => Effect.succeed(stamped(offset, length)),
-      write: () => Effect.void,
-      writeCopies: true
-    })
     const passing = await open(Driver.filter(copying, { name: "reads", open: (h) => ({ read: h.read }) }))
     expect(passing.writeCopies).toBe(true)
     const dropped = await open(Driver.filter(copying, { name: "writes", open: (h) => ({ write: h.write }) }))
@@ -384,12 +385,6 @@ describe("readInto through filters", () => {
   })
 
   it("keeps writeCopies through the filters that hand the data below as it is", async () => {
-    const copying = Driver.make({
-      size: Effect.succeed(SIZE),
-      read: (offset, length) => Effect.succeed(stamped(offset, length)),
-      write: () => Effect.void,
-      writeCopies: true
-    })
     const keeping = Driver.make({ size: Effect.succeed(SIZE), read: () => Effect.never, write: () => Effect.void })
     const filters: ReadonlyArray<[string, Driver.Filter]> = [
       ["error", ErrorFilter.make({ rate: 0 })],
