@@ -120,7 +120,7 @@ describe("large WRITE payloads into the memory store", () => {
     const region = 24 * MiB
     const server = await TestServer.start({ size: 4 * region })
     try {
-        // Writes that do not overlap (they run concurrently), each connection in a region of its own.
+      // Writes that do not overlap (they run concurrently), each connection in a region of its own.
       const disjoint = WRITES.filter((_, i) => i !== 6 && i !== 8)
       await Promise.all([0, 1, 2, 3].map((c) =>
         Effect.runPromise(Effect.scoped(Effect.gen(function*() {
@@ -132,7 +132,7 @@ describe("large WRITE payloads into the memory store", () => {
           yield* client.disconnect
         })))
       ))
-        for (const c of [0, 1, 2, 3]) {
+      for (const c of [0, 1, 2, 3]) {
         const expected = Buffer.alloc(region)
         disjoint.forEach((w, i) => expected.set(pattern(w.length, 10 * c + i), w.offset))
         expectBytes(await server.read(c * region, region), expected, `region of connection ${c}`)
@@ -147,7 +147,7 @@ describe("large WRITE payloads into the memory store", () => {
     try {
       const old = pattern(2 * MiB, 9)
       await server.write(0, old)
-        const socket = await slowReader(server.port)
+      const socket = await slowReader(server.port)
       socket.write(encodeRequestHeaderFast(0, Command.WRITE, 1n, 100n, 2 * MiB))
       const fresh = pattern(2 * MiB, 3)
       // In pieces that end inside blocks, with pauses so that the server reads them apart.
@@ -155,7 +155,7 @@ describe("large WRITE payloads into the memory store", () => {
       await new Promise((resolve) => setTimeout(resolve, 100))
       socket.destroy()
       await new Promise((resolve) => setTimeout(resolve, 50))
-        const now = await server.read(0, 2 * MiB)
+      const now = await server.read(0, 2 * MiB)
       const written = Buffer.from(old)
       written.set(fresh.subarray(0, 2 * MiB - 100), 100)
       let blocksNew = 0
