@@ -12,14 +12,12 @@ import * as Client from "../../src/client/NbdClient.ts"
 import { Command } from "../../src/protocol/Constants.ts"
 import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
 import { expectBytes, pattern } from "../support/Bytes.ts"
-import { receiveAll, slowReader } from "../support/SlowReader.ts"
+import { HANDSHAKE_BYTES, receiveAll, slowReader } from "../support/SlowReader.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const K = 1024
 const MiB = 1024 * K
 const SIZE = 32 * MiB
-/** What the raw client's handshake brings back before any reply: greeting (18) and export info without zeroes (10). */
-const HANDSHAKE = 18 + 10
 
 /** A write of the test: where, and how long (its bytes come from {@link pattern}). */
 interface Write {
@@ -75,7 +73,7 @@ const trickle = async (socket: net.Socket, bytes: Buffer, sizes: ReadonlyArray<n
 const parseReplies = (bytes: Buffer, writes: number, readLength: number): Buffer => {
   const answered = new Set<number>()
   let data: Buffer | undefined
-  for (let at = HANDSHAKE; at < bytes.length;) {
+  for (let at = HANDSHAKE_BYTES; at < bytes.length;) {
     expect(bytes.readUInt32BE(at)).toBe(0x67446698)
     expect(bytes.readUInt32BE(at + 4)).toBe(0)
     const cookie = Number(bytes.readBigUInt64BE(at + 8))
@@ -96,7 +94,7 @@ const runRaw = async (send: (socket: net.Socket, bytes: Buffer) => Promise<void>
   try {
     const readLength = 11 * MiB
     const socket = await slowReader(server.port)
-    const replies = receiveAll(socket, HANDSHAKE + WRITES.length * 16 + 16 + readLength)
+    const replies = receiveAll(socket, HANDSHAKE_BYTES + WRITES.length * 16 + 16 + readLength)
     await send(socket, requestStream(WRITES, readLength))
     const received = await replies
     socket.destroy()

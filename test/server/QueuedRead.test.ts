@@ -10,7 +10,7 @@ import { describe, expect, it } from "vitest"
 import * as Client from "../../src/client/NbdClient.ts"
 import { Command } from "../../src/protocol/Constants.ts"
 import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
-import { receiveAll, slowReader } from "../support/SlowReader.ts"
+import { HANDSHAKE_BYTES, receiveAll, slowReader } from "../support/SlowReader.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const MiB = 1024 * 1024
@@ -58,11 +58,10 @@ describe.each(["stream", "owned"] as const)("a queued READ reply, %s receive pat
       await withClient(server.port, (client) =>
         Effect.zipRight(client.trim(0, REGION), client.write(0, stamped(0, REGION, 2))))
 
-      const handshake = 18 + 10
-      const bytes = await receiveAll(reader, handshake + READS * (16 + READ_LENGTH))
+      const bytes = await receiveAll(reader, HANDSHAKE_BYTES + READS * (16 + READ_LENGTH))
       reader.destroy()
       const seen = new Map<number, number>()
-      for (let at = handshake; at < bytes.length; at += 16 + READ_LENGTH) {
+      for (let at = HANDSHAKE_BYTES; at < bytes.length; at += 16 + READ_LENGTH) {
         expect(bytes.readUInt32BE(at + 4)).toBe(0)
         const cookie = Number(bytes.readBigUInt64BE(at + 8))
         const offset = (cookie * READ_LENGTH) % REGION

@@ -29,7 +29,7 @@ import { Command, CommandFlags } from "../../src/protocol/Constants.ts"
 import { encodeRequestHeaderFast } from "../../src/protocol/Transmission.ts"
 import * as ReadBuffers from "../../src/server/ReadBuffers.ts"
 import * as FrameWriter from "../../src/stream/FrameWriter.ts"
-import { receiveAll, slowReader } from "../support/SlowReader.ts"
+import { HANDSHAKE_BYTES, receiveAll, slowReader } from "../support/SlowReader.ts"
 import * as TestServer from "../support/TestServer.ts"
 
 const MiB = 1024 * 1024
@@ -163,11 +163,10 @@ describe.each(["effect", "sync"] as const)("READ into pooled buffers (%s path)",
       }
       // Replies pile up in the server (48 MiB asked, the client reads nothing yet).
       await new Promise((resolve) => setTimeout(resolve, 300))
-      const handshake = 18 + 10
-      const bytes = await receiveAll(reader, handshake + READS * (16 + READ_LENGTH))
+      const bytes = await receiveAll(reader, HANDSHAKE_BYTES + READS * (16 + READ_LENGTH))
       reader.destroy()
       const cookies = new Set<number>()
-      for (let at = handshake; at < bytes.length; at += 16 + READ_LENGTH) {
+      for (let at = HANDSHAKE_BYTES; at < bytes.length; at += 16 + READ_LENGTH) {
         expect(bytes.readUInt32BE(at + 4)).toBe(0)
         const cookie = Number(bytes.readBigUInt64BE(at + 8))
         const payload = bytes.subarray(at + 16, at + 16 + READ_LENGTH)

@@ -5,6 +5,12 @@
 import * as net from "node:net"
 import { Option } from "../../src/protocol/Constants.ts"
 
+/**
+ * Bytes the server sends a {@link slowReader} before any reply: its greeting (18) and, for
+ * EXPORT_NAME with NO_ZEROES, the export's size and flags (10).
+ */
+export const HANDSHAKE_BYTES = 18 + 10
+
 /** Connects and sends the client flags (FIXED_NEWSTYLE | NO_ZEROES) and EXPORT_NAME "", then stops reading. */
 export const slowReader = async (port: number): Promise<net.Socket> => {
   const socket = net.connect(port, "127.0.0.1")
