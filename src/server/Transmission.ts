@@ -265,7 +265,8 @@ const makePipeline = (
     inFlight++
     metrics.inFlight(1)
     payloadBytes += bytes
-    runRequest(Effect.ensuring(effect, Effect.sync(() => completed(req, bytes, startedAt))))
+    // Observed rather than wrapped in a finalizer: it saves the finalizer's own effects per request.
+    runRequest(effect).addObserver(() => completed(req, bytes, startedAt))
     clock = performance.now()
   }
 
