@@ -266,7 +266,14 @@ const makePipeline = (
     metrics.inFlight(1)
     payloadBytes += bytes
     // Observed rather than wrapped in a finalizer: it saves the finalizer's own effects per request.
-    runRequest(effect).addObserver(() => completed(req, bytes, startedAt))
+    // An observer runs inside the fiber runtime's exit, so nothing may escape it.
+    runRequest(effect).addObserver(() => {
+      try {
+        completed(req, bytes, startedAt)
+      } catch (cause) {
+        runFork(Effect.logError("ending a request failed", cause))
+      }
+    })
     clock = performance.now()
   }
 
