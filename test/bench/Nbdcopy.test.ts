@@ -32,7 +32,8 @@ describe("bench nbdcopy source file", () => {
       evict(file)
       expect(cachedBytes(file)).toBeLessThan(8 * MiB)
       await warmFile(file)
-      expect(cachedBytes(file)).toBe(32 * MiB)
+      // All of it, but for a page or two the kernel may reclaim at any moment (once seen: 4 KiB short).
+      expect(cachedBytes(file)).toBeGreaterThanOrEqual(31 * MiB)
     } finally {
       rmSync(dir, { recursive: true, force: true })
     }
