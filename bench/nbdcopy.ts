@@ -1,6 +1,6 @@
 /**
  * nbdcopy runs between a local file of random data and an export, timed by
- * wall clock. Export→local copies go to nbdcopy's `null:` sink with
+ * wall clock, with nbdcopy's own processor time (the client's share of the machine). Export→local copies go to nbdcopy's `null:` sink with
  * `--no-extents`, so every byte is read over NBD (even from nbdkit null).
  * Before a copy from the file, callers read it through once ({@link warmSource}),
  * outside what they time, so that every server's copy reads it from the page cache:
@@ -37,7 +37,28 @@ export const COPIES: ReadonlyArray<CopyRun> = [
 export interface CopyResult {
   readonly seconds: number
   readonly mibPerSec: number
+  /** nbdcopy's own processor time (user and system, all its threads), when the shell reported it. */
+  readonly clientCpuSeconds?: number | undefined
 }
+
+/**
+ * The processor time of a shell's children from the output of its `times` builtin: the
+ * second of its two lines, user and system time as `NmS.SSSs` (dash and bash alike).
+ */
+export const childrenCpuSeconds = (timesOutput: string): number | undefined => {
+  const lines = timesOutput.trim().split("\n")
+  const match = /^(\d+)m([\d.]+)s\s+(\d+)m([\d.]+)s$/.exec(lines[lines.length - 1]?.trim() ?? "")
+  if (lines.length < 2 || match === null) return undefined
+  const [, um, us, sm, ss] = match
+  return Number(um) * 60 + Number(us) + Number(sm) * 60 + Number(ss)
+}
+
+/**
+ * The command line that runs nbdcopy with `args` in a shell which then prints its children's
+ * processor time (`times`), so that the client's share of the machine is measured too.
+ */
+export const timedNbdcopy = (args: ReadonlyArray<string>): [string, Array<string>] =>
+  ["sh", ["-c", 'nbdcopy "$@" || exit $?; times', "sh", ...args]]
 
 /** Writes `bytes` of random data to `path`, 16 MiB at a time (asynchronously, so signals are handled meanwhile). */
 export const createRandomFile = async (path: string, bytes: number): Promise<void> => {
@@ -83,10 +104,12 @@ export const nbdcopyArgs = (run: CopyRun, uri: string, file: string): Array<stri
     : [...parallel, "--no-extents", uri, "null:"]
 }
 
-/** Runs one copy of `bytes` (the file's and the export's size) and times it. */
+/** Runs one copy of `bytes` (the file's and the export's size), timed by the wall clock and by nbdcopy's processor time. */
 export const runCopy = async (run: CopyRun, uri: string, file: string, bytes: number): Promise<Outcome<CopyResult>> => {
-  const result = await runToCompletion("nbdcopy", nbdcopyArgs(run, uri, file), 300_000)
+  const [shell, args] = timedNbdcopy(nbdcopyArgs(run, uri, file))
+  const result = await runToCompletion(shell, args, 300_000)
   const failed = failure("nbdcopy", result)
   if (failed !== undefined) return { ok: false, error: failed }
-  return { ok: true, value: { seconds: result.seconds, mibPerSec: bytes / 2 ** 20 / result.seconds } }
+  const clientCpuSeconds = childrenCpuSeconds(result.stdout)
+  return { ok: true, value: { seconds: result.seconds, mibPerSec: bytes / 2 ** 20 / result.seconds, clientCpuSeconds } }
 }

@@ -20,7 +20,7 @@
  * With --tls, the run measures nbdcopy in and out (no fio; a first copy into the empty export
  * stands for fio's prefill and is reported on its own row) through TLS (`--tls require`)
  * to effect-nbd and nbdkit memory, each with X.509 certificates and with TLS-PSK (fresh
- * credentials for the run, see tls.ts), with the server's CPU time per GiB copied, and
+ * credentials for the run, see tls.ts), with the server's and nbdcopy's CPU time per GiB copied, and
  * ratios to nbdkit X.509. The TLS cipher each server negotiates with libnbd is noted.
  *
  * Each round starts every server afresh and runs each workload against every server in
@@ -118,6 +118,9 @@ const copyRowLabel = (copy: CopyRun, bytes: number, unit = "MiB/s") =>
 
 /** The row of the server's CPU time during a copy. */
 const cpuRowId = (copyId: string) => `cpu-${copyId}`
+
+/** The row of nbdcopy's own CPU time during a copy. */
+const clientCpuRowId = (copyId: string) => `client-cpu-${copyId}`
 
 /** The TLS cipher and key exchange libnbd negotiates with a server (from its debug output), or why not known. */
 const negotiatedCipher = async (uri: string): Promise<string> => {
@@ -292,7 +295,7 @@ const main = async (): Promise<number> => {
         const message = error instanceof Error ? error.message : String(error)
         failures.push(`${label}: ${message}`)
         progress(`   ${label}: ${message}`)
-        const rowIds = [...FIO_ROWS.map((r) => r.id), ...copies.flatMap((c) => [c.id, cpuRowId(c.id)]), "rss"]
+        const rowIds = [...FIO_ROWS.map((r) => r.id), ...copies.flatMap((c) => [c.id, cpuRowId(c.id), clientCpuRowId(c.id)]), "rss"]
         for (const row of rowIds) put(row, serverId, { error: message })
       }
     }
@@ -326,9 +329,13 @@ const main = async (): Promise<number> => {
       put(copy.id, serverId, { value: result.value.mibPerSec })
       const cpuPerGiB = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / (mode.bytes / GiB)
       if (cpuPerGiB !== undefined) put(cpuRowId(copy.id), serverId, { value: cpuPerGiB })
+      const { clientCpuSeconds } = result.value
+      const clientPerGiB = clientCpuSeconds === undefined ? undefined : clientCpuSeconds / (mode.bytes / GiB)
+      if (clientPerGiB !== undefined) put(clientCpuRowId(copy.id), serverId, { value: clientPerGiB })
       progress(
         `   ${label.padEnd(22)} nbdcopy ${copy.id.padEnd(14)} ${result.value.mibPerSec.toFixed(1).padStart(8)} MiB/s (${result.value.seconds.toFixed(2)} s)` +
-          (cpuPerGiB === undefined ? "" : `, server CPU ${cpuPerGiB.toFixed(2)} s/GiB`)
+          (cpuPerGiB === undefined ? "" : `, server CPU ${cpuPerGiB.toFixed(2)} s/GiB`) +
+          (clientPerGiB === undefined ? "" : `, nbdcopy CPU ${clientPerGiB.toFixed(2)} s/GiB`)
       )
     } else {
       put(copy.id, serverId, { error: result.error })
@@ -388,6 +395,13 @@ const main = async (): Promise<number> => {
       lowerIsBetter: true,
       cells: cellsOf(cpuRowId(copy.id)),
       rounds: roundsOf(cpuRowId(copy.id))
+    })),
+    ...copies.map((copy) => ({
+      label: copyRowLabel(copy, mode.bytes, "nbdcopy CPU s per GiB"),
+      decimals: 2,
+      lowerIsBetter: true,
+      cells: cellsOf(clientCpuRowId(copy.id)),
+      rounds: roundsOf(clientCpuRowId(copy.id))
     })),
     { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cellsOf("rss"), rounds: roundsOf("rss") }
   ]

@@ -136,7 +136,8 @@ export const ROUNDS_NOTE =
 /** The footnote explaining how to read the ratio column. */
 export const RATIO_NOTE =
   "Ratio = effect-nbd / nbdkit memory: for MiB/s and IOPS above 1 means effect-nbd is faster; " +
-  "for latency and RSS below 1 means effect-nbd is better."
+  "for latency and RSS below 1 means effect-nbd is better; for CPU per GiB below 1 means less processor time " +
+  "(the server's own, or nbdcopy's when copying to and from effect-nbd)."
 
 /** The footnote explaining the filter-stack ratio columns (`--filters`). */
 export const FILTER_RATIO_NOTE =
@@ -156,4 +157,4 @@ export const TLS_RATIOS: ReadonlyArray<RatioColumn> = [
 /** The footnote explaining the ratio columns of `--tls`. */
 export const TLS_RATIO_NOTE =
   "Ratios = server / nbdkit X.509 (and effect-nbd PSK / nbdkit PSK), all memory exports with --tls require: " +
-  "for MiB/s above 1 means faster; for server CPU per GiB and RSS below 1 means cheaper."
+  "for MiB/s above 1 means faster; for CPU per GiB (server's or nbdcopy's) and RSS below 1 means cheaper."
