@@ -1,7 +1,8 @@
 /**
  * nbdcopy runs between a local file of random data and an export, timed by
- * wall clock, with nbdcopy's own processor time (the client's share of the machine). Export→local copies go to nbdcopy's `null:` sink with
- * `--no-extents`, so every byte is read over NBD (even from nbdkit null).
+ * wall clock, with nbdcopy's own processor time (the client's share of the machine).
+ * Export→local copies go to nbdcopy's `null:` sink with `--no-extents`, so every byte
+ * is read over NBD (even from nbdkit null).
  * Before a copy from the file, callers read it through once ({@link warmSource}),
  * outside what they time, so that every server's copy reads it from the page cache:
  * a host that pages out memory left unused for a while (this machine's DAMON scheme

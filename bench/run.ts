@@ -327,10 +327,11 @@ const main = async (): Promise<number> => {
     const cpuAfter = server.cpuSeconds()
     if (result.ok) {
       put(copy.id, serverId, { value: result.value.mibPerSec })
-      const cpuPerGiB = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / (mode.bytes / GiB)
+      const gib = mode.bytes / GiB
+      const cpuPerGiB = cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / gib
       if (cpuPerGiB !== undefined) put(cpuRowId(copy.id), serverId, { value: cpuPerGiB })
       const { clientCpuSeconds } = result.value
-      const clientPerGiB = clientCpuSeconds === undefined ? undefined : clientCpuSeconds / (mode.bytes / GiB)
+      const clientPerGiB = clientCpuSeconds === undefined ? undefined : clientCpuSeconds / gib
       if (clientPerGiB !== undefined) put(clientCpuRowId(copy.id), serverId, { value: clientPerGiB })
       progress(
         `   ${label.padEnd(22)} nbdcopy ${copy.id.padEnd(14)} ${result.value.mibPerSec.toFixed(1).padStart(8)} MiB/s (${result.value.seconds.toFixed(2)} s)` +
@@ -374,6 +375,16 @@ const main = async (): Promise<number> => {
     }
   }
 
+  /** One row per copy of processor time per GiB (the server's or nbdcopy's). */
+  const cpuRows = (unit: string, rowId: (copyId: string) => string): Array<Row> =>
+    copies.map((copy) => ({
+      label: copyRowLabel(copy, mode.bytes, unit),
+      decimals: 2,
+      lowerIsBetter: true,
+      cells: cellsOf(rowId(copy.id)),
+      rounds: roundsOf(rowId(copy.id))
+    }))
+
   const rows: Array<Row> = [
     ...(tls ? [] : FIO_ROWS).map((row) => ({
       label: row.label,
@@ -389,20 +400,8 @@ const main = async (): Promise<number> => {
       cells: cellsOf(copy.id),
       rounds: roundsOf(copy.id)
     })),
-    ...copies.map((copy) => ({
-      label: copyRowLabel(copy, mode.bytes, "server CPU s per GiB"),
-      decimals: 2,
-      lowerIsBetter: true,
-      cells: cellsOf(cpuRowId(copy.id)),
-      rounds: roundsOf(cpuRowId(copy.id))
-    })),
-    ...copies.map((copy) => ({
-      label: copyRowLabel(copy, mode.bytes, "nbdcopy CPU s per GiB"),
-      decimals: 2,
-      lowerIsBetter: true,
-      cells: cellsOf(clientCpuRowId(copy.id)),
-      rounds: roundsOf(clientCpuRowId(copy.id))
-    })),
+    ...cpuRows("server CPU s per GiB", cpuRowId),
+    ...cpuRows("nbdcopy CPU s per GiB", clientCpuRowId),
     { label: "peak RSS of server process, VmHWM (MiB)", decimals: 0, lowerIsBetter: true, cells: cellsOf("rss"), rounds: roundsOf("rss") }
   ]
   const totalSeconds = Number(process.hrtime.bigint() - startedAt) / 1e9
